@@ -1,0 +1,130 @@
+"""One-file checkpoints: description + config + state dict, never pickled code.
+
+Two encodings of the same content:
+
+* ``.pt`` / ``.pth`` / ``.th``: a ``torch.save`` of a dict holding only tensors and
+  primitives, read back with ``torch.load(weights_only=True)``.
+* ``.safetensors``: the state dict as tensors and the rest as JSON metadata.
+
+:func:`load_model` also accepts the official Open-Unmix and Demucs v2 files that
+``models/`` supports (see :mod:`models.official`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.base import Separator, config_from_dict
+from models.description import ModelDescription
+from models.registry import architecture_class
+
+log = logging.getLogger(__name__)
+
+FORMAT = "stemserve-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file that is not a loadable checkpoint, with the reason."""
+
+
+def checkpoint_dict(model: Separator, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The content of a checkpoint for ``model`` (tensors on CPU)."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "architecture": model.architecture,
+        "config": model.config_dict(),
+        "description": model.describe().to_dict(),
+        "metadata": dict(metadata or {}),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+    }
+
+
+def save_checkpoint(model: Separator, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` to ``path``; the suffix picks the encoding."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    content = checkpoint_dict(model, metadata)
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        header = {k: v for k, v in content.items() if k != "state_dict"}
+        save_file(content["state_dict"], str(tmp), metadata={FORMAT: json.dumps(header)})
+    else:
+        torch.save(content, tmp)
+    tmp.replace(path)  # atomic: a crash mid-save never leaves a half-written checkpoint
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a stemserve checkpoint's content without building the model."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+        if FORMAT not in meta:
+            raise CheckpointError(f"{path}: safetensors file without {FORMAT} metadata")
+        content = json.loads(meta[FORMAT])
+        content["state_dict"] = load_file(str(path))
+        return content
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError...
+        raise CheckpointError(f"{path}: not loadable with weights_only=True ({type(err).__name__}: {err})") from err
+    if not isinstance(content, dict) or content.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT} file")
+    return content
+
+
+def model_from_content(content: dict[str, Any]) -> Separator:
+    """Build and load a model from a checkpoint's content (as :func:`read_checkpoint` returns)."""
+    if content.get("version", 0) > VERSION:
+        raise CheckpointError(f"checkpoint version {content['version']} is newer than this code ({VERSION})")
+    cls = architecture_class(content["architecture"])
+    model = cls(config_from_dict(cls.config_class, content["config"]))
+    missing, unexpected = model.load_state_dict(content["state_dict"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"state dict does not match {cls.__name__}: missing {missing}, unexpected {unexpected}")
+    stored = ModelDescription.from_dict(content["description"])
+    if stored != model.describe():
+        # The stored description is informative; the config is authoritative.
+        log.warning("stored description differs from the rebuilt model's; using the rebuilt one")
+    return model
+
+
+def load_checkpoint(path: str | Path) -> Separator:
+    """Load a stemserve checkpoint (``.pt`` or ``.safetensors``) on CPU, in eval mode."""
+    model = model_from_content(read_checkpoint(path))
+    return model.eval()
+
+
+def load_model(path: str | Path) -> Separator:
+    """Load any supported model file or folder: ours, or official Open-Unmix / Demucs v2."""
+    path = Path(path)
+    if path.is_file():
+        try:
+            return load_checkpoint(path)
+        except CheckpointError as ours:
+            from models import official
+
+            try:
+                return official.load_official(path)
+            except CheckpointError as theirs:
+                raise CheckpointError(f"{ours}; also not an official file: {theirs}") from theirs
+    if path.is_dir():
+        from models import official
+
+        return official.load_official(path)
+    raise CheckpointError(f"{path}: no such file or folder")

@@ -1,0 +1,98 @@
+"""What the server needs to know about a network, as plain data.
+
+Every architecture answers :meth:`models.base.Separator.describe` with a
+:class:`ModelDescription`. The server decides how to stream a model from this
+description alone (window batcher, causal streamer or chunked overlap); it
+never looks inside the network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Domain = Literal["spectrogram", "waveform"]
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """The contract between a network and the server.
+
+    Attributes:
+        architecture: registry name of the architecture (``"unet"``, ``"conv_tasnet"``, ...).
+        sources: stem names the model outputs, in output order. For a conditioned
+            model, the names it can be conditioned on (it outputs one stem at a time).
+        conditioned: True when the model takes a target index and returns that stem only.
+        sample_rate: audio rate in Hz the model was built / trained for.
+        audio_channels: channels the model consumes and returns (1 = mono, 2 = stereo).
+        domain: ``"spectrogram"`` (magnitude estimate on an STFT) or ``"waveform"``.
+        n_fft: STFT size in samples (spectrogram models only).
+        hop_length: STFT hop in samples (spectrogram models only).
+        window_frames: the fixed number of STFT frames per forward pass the model was
+            trained on (spectrogram models only); the server batches windows of exactly
+            this many frames.
+        causal: True when output sample t depends only on input samples <= t + lookahead.
+        receptive_field: number of past input samples (including the current one) that
+            influence an output sample, or None when unbounded (recurrent state).
+        lookahead: number of future input samples an output sample depends on. For
+            non-causal waveform models this is the right context the server waits for.
+        segment: preferred chunk length in samples for non-causal waveform models,
+            or None when any length works equally well.
+        extras: architecture-specific facts, primitives only (e.g. embedding size).
+    """
+
+    architecture: str
+    sources: tuple[str, ...]
+    conditioned: bool
+    sample_rate: int
+    audio_channels: int
+    domain: Domain
+    causal: bool
+    receptive_field: int | None
+    lookahead: int
+    n_fft: int | None = None
+    hop_length: int | None = None
+    window_frames: int | None = None
+    segment: int | None = None
+    extras: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError("a model must name at least one source")
+        if len(set(self.sources)) != len(self.sources):
+            raise ValueError(f"duplicate source names: {self.sources}")
+        if self.sample_rate <= 0 or self.audio_channels <= 0:
+            raise ValueError("sample_rate and audio_channels must be positive")
+        if self.domain == "spectrogram":
+            if not (self.n_fft and self.hop_length and self.window_frames):
+                raise ValueError("spectrogram models must state n_fft, hop_length and window_frames")
+        elif self.domain != "waveform":
+            raise ValueError(f"unknown domain {self.domain!r}")
+        if self.lookahead < 0:
+            raise ValueError("lookahead must be >= 0")
+
+    @property
+    def window_samples(self) -> int | None:
+        """Samples spanned by one fixed spectrogram window, or None for waveform models."""
+        if self.domain != "spectrogram":
+            return None
+        assert self.n_fft is not None and self.hop_length is not None and self.window_frames is not None
+        return (self.window_frames - 1) * self.hop_length + self.n_fft
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of primitives (lists, not tuples) for JSON and checkpoints."""
+        data = dataclasses.asdict(self)
+        data["sources"] = list(self.sources)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelDescription:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown description fields: {sorted(unknown)}")
+        values = dict(data)
+        values["sources"] = tuple(values["sources"])
+        values["extras"] = dict(values.get("extras") or {})
+        return cls(**values)

@@ -1,0 +1,1 @@
+"""The thin DAW-side client. Never imports torch, ``models`` or ``server``."""

@@ -1,0 +1,1 @@
+"""The wire contract (stemserve.proto) and its generated modules."""

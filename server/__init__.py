@@ -1,0 +1,1 @@
+"""Adapters over the streaming engine: gRPC servicer, OSC control, app wiring, CLI."""

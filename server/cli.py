@@ -1,0 +1,72 @@
+"""``stemserve`` command line: one subcommand per job, each in the module that owns it.
+
+Subcommand modules expose ``configure(parser)`` and ``run(args) -> int`` and keep
+heavy imports (torch, grpc) inside ``run`` so that ``stemserve bridge`` starts
+without importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+# name -> (module, one-line help). Modules are imported only when listed here
+# and, for their heavy parts, only when run.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("models.cli", "list the registered architectures and their descriptions"),
+    "data": ("models.data.cli", "render training / evaluation data (music stems, speech mixtures)"),
+    "train": ("models.train_cli", "train an architecture on rendered data"),
+    "eval": ("models.eval_cli", "evaluate a checkpoint: SDR / SI-SDR vs oracle IRM and mixture"),
+    "serve": ("server.serve_cli", "run the gRPC + OSC separation server"),
+    "separate": ("server.separate_cli", "separate a file into stems (via a server, or an embedded one)"),
+    "bridge": ("plugin_bridge.cli", "real-time audio bridge (JACK / PortAudio) for a DAW track"),
+    "bridge-render": ("plugin_bridge.render_cli", "render a file through the bridge as a DAW would"),
+    "bench": ("bench.cli", "run the benchmarks"),
+}
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    out = {}
+    for name, (module, text) in COMMANDS.items():
+        if importlib.util.find_spec(module.rsplit(".", 1)[0]) is None:
+            continue
+        try:
+            spec = importlib.util.find_spec(module)
+        except ModuleNotFoundError:
+            spec = None
+        if spec is not None:
+            out[name] = (module, text)
+    return out
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
+    parser = argparse.ArgumentParser(prog="stemserve", description="Neural source separation for DAWs and scripts.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    modules: dict[str, str] = {}
+    for name, (module, text) in _available().items():
+        command = sub.add_parser(name, help=text, description=text)
+        importlib.import_module(module).configure(command)
+        modules[name] = module
+    return parser, modules
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, modules = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.command:
+        parser.print_help()
+        return 2
+    code: int = importlib.import_module(modules[args.command]).run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
