@@ -37,6 +37,10 @@ class ModelDescription:
             influence an output sample, or None when unbounded (recurrent state).
         lookahead: number of future input samples an output sample depends on. For
             non-causal waveform models this is the right context the server waits for.
+        stride: input samples per model step (encoder stride / total downsampling; the
+            STFT hop for spectrogram models). A causal model run on a segment that starts
+            at a multiple of ``stride`` from the stream start, with at least
+            ``receptive_field`` samples of left context, reproduces its offline output.
         segment: preferred chunk length in samples for non-causal waveform models,
             or None when any length works equally well.
         extras: architecture-specific facts, primitives only (e.g. embedding size).
@@ -54,6 +58,7 @@ class ModelDescription:
     n_fft: int | None = None
     hop_length: int | None = None
     window_frames: int | None = None
+    stride: int = 1
     segment: int | None = None
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -69,6 +74,8 @@ class ModelDescription:
                 raise ValueError("spectrogram models must state n_fft, hop_length and window_frames")
         elif self.domain != "waveform":
             raise ValueError(f"unknown domain {self.domain!r}")
+        if self.stride <= 0:
+            raise ValueError("stride must be >= 1")
         if self.lookahead < 0:
             raise ValueError("lookahead must be >= 0")
 
