@@ -108,9 +108,12 @@ def architecture_class(architecture: str) -> type[Separator]:
 
 def describe_all() -> list[dict[str, Any]]:
     """Description of every preset built with its default config (for ``models --json``)."""
+    import torch
+
     out = []
     for p in presets().values():
-        model = build(p.name)
+        with torch.device("meta"):  # no memory, no init cost: only shapes are needed
+            model = build(p.name)
         params = sum(t.numel() for t in model.parameters())
         out.append(
             {

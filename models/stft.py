@@ -54,9 +54,11 @@ def overlap_add(frames: torch.Tensor, hop_length: int) -> torch.Tensor:
     return out.reshape(*lead, length)
 
 
-def window_sum_square(count: int, n_fft: int, hop_length: int, device: torch.device | None = None) -> torch.Tensor:
+def window_sum_square(
+    count: int, n_fft: int, hop_length: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Sum of squared synthesis windows over ``count`` frames, ``((count-1)*hop + n_fft,)``."""
-    window = hann_window(n_fft, device) ** 2
+    window = hann_window(n_fft, device, dtype) ** 2
     return overlap_add(window[:, None].expand(n_fft, count), hop_length)
 
 
@@ -73,7 +75,7 @@ def istft(spec: torch.Tensor, n_fft: int, hop_length: int) -> torch.Tensor:
     window = hann_window(n_fft, spec.device, spec.real.dtype)
     frames = torch.fft.irfft(spec.transpose(-1, -2), n=n_fft, dim=-1) * window  # (..., frames, n_fft)
     out = overlap_add(frames.transpose(-1, -2), hop_length)
-    norm = window_sum_square(spec.shape[-1], n_fft, hop_length, spec.device).to(out.dtype)
+    norm = window_sum_square(spec.shape[-1], n_fft, hop_length, spec.device, out.dtype)
     return torch.where(norm > 1e-8, out / norm.clamp_min(1e-8), torch.zeros_like(out))
 
 

@@ -1,0 +1,68 @@
+"""Checkpoints: one file, round trip exact, never executes pickled code."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoint import CheckpointError, load_checkpoint, load_model, read_checkpoint, save_checkpoint
+from models.registry import build
+
+SMALL = {"n_fft": 256, "hop_length": 64, "bins": 128, "window_frames": 16, "channels": (4, 8, 8, 16, 16, 16)}
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_round_trip_restores_config_description_and_outputs(tmp_path: Path, suffix: str) -> None:
+    model = build("conditioned_unet", SMALL).eval()
+    torch.nn.init.normal_(model.film.to_film.weight)
+    path = save_checkpoint(model, tmp_path / f"m{suffix}", metadata={"steps": 3, "note": "test"})
+    loaded = load_checkpoint(path)
+    assert type(loaded) is type(model)
+    assert loaded.config == model.config
+    assert loaded.describe() == model.describe()
+    assert not loaded.training
+    mag = torch.rand(2, 2, 129, 16)
+    target = torch.tensor([1, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.separate(mag, target), model.separate(mag, target), rtol=0, atol=0)
+    assert read_checkpoint(path)["metadata"] == {"steps": 3, "note": "test"}
+
+
+def test_checkpoint_is_loadable_with_weights_only(tmp_path: Path) -> None:
+    path = save_checkpoint(build("mask_inference", {"hidden_size": 4, "num_layers": 1}), tmp_path / "m.pt")
+    content = torch.load(path, weights_only=True)
+    assert content["architecture"] == "mask_inference"
+    assert content["config"]["sources"] == ["speaker1", "speaker2"]
+
+
+class _Boom:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.touch, (Path("/tmp/stemserve-pwned"),))
+
+
+def test_a_file_carrying_pickled_code_is_refused_without_running_it(tmp_path: Path) -> None:
+    marker = Path("/tmp/stemserve-pwned")
+    marker.unlink(missing_ok=True)
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as handle:
+        pickle.dump({"format": "stemserve-checkpoint", "payload": _Boom()}, handle)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(evil)
+    assert not marker.exists()
+
+
+def test_a_mismatched_state_dict_is_a_clear_error(tmp_path: Path) -> None:
+    path = save_checkpoint(build("unet", SMALL), tmp_path / "m.pt")
+    content = torch.load(path, weights_only=True)
+    del content["state_dict"]["input_mean"]
+    torch.save(content, path)
+    with pytest.raises(CheckpointError, match="input_mean"):
+        load_checkpoint(path)
+
+
+def test_load_model_reports_missing_files(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_model(tmp_path / "absent.pt")
