@@ -7,6 +7,7 @@ format-specific readers live beside their architectures
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from models.base import Separator
@@ -24,8 +25,12 @@ def load_official(path: str | Path) -> Separator:
     except CheckpointError as err:
         errors.append(f"Open-Unmix: {err}")
     try:
-        from models import demucs
+        # import_module, not "from models import demucs": the latter raises a plain
+        # ImportError (not ModuleNotFoundError) when models/demucs.py is absent.
+        demucs = importlib.import_module("models.demucs")
     except ModuleNotFoundError as err:
+        if err.name != "models.demucs":  # a dependency missing inside it is a real error
+            raise
         errors.append(f"Demucs: {err}")
     else:
         try:
