@@ -75,7 +75,7 @@ class RecurrentSpectrogramModel(Separator):
             # The LSTM state starts afresh in every window, so nothing outside a window
             # matters; a unidirectional trunk sees only up to the end of the current frame.
             receptive_field=span,
-            lookahead=span if cfg.bidirectional else cfg.n_fft - 1,
+            lookahead=span - 1 if cfg.bidirectional else cfg.n_fft - 1,
             n_fft=cfg.n_fft,
             hop_length=cfg.hop_length,
             window_frames=cfg.window_frames,

@@ -215,7 +215,7 @@ class _SpectrogramUNet(Separator):
             # A window is processed as a whole: every output frame may depend on every
             # input frame of its window, so both bounds are the window's span.
             receptive_field=span,
-            lookahead=span,
+            lookahead=span - 1,
             n_fft=cfg.n_fft,
             hop_length=cfg.hop_length,
             window_frames=cfg.window_frames,
