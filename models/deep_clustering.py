@@ -48,9 +48,7 @@ class EmbeddingHead(nn.Module):
         return nn.functional.normalize(emb, dim=-1)
 
 
-def cluster_masks(
-    embedding: torch.Tensor, mag: torch.Tensor, sources: int, iterations: int, seed: int
-) -> torch.Tensor:
+def cluster_masks(embedding: torch.Tensor, mag: torch.Tensor, sources: int, iterations: int, seed: int) -> torch.Tensor:
     """Binary masks from k-means on embeddings.
 
     Args:
