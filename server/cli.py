@@ -43,20 +43,34 @@ def _available() -> dict[str, tuple[str, str]]:
     return out
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
+def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, str]]:
+    """The parser; only ``command``'s module is imported (the others are listed by name).
+
+    Importing one subcommand at a time keeps ``stemserve bridge`` free of torch and keeps
+    every command working when another one's optional dependencies are missing.
+    """
     parser = argparse.ArgumentParser(prog="stemserve", description="Neural source separation for DAWs and scripts.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules: dict[str, str] = {}
     for name, (module, text) in _available().items():
-        command = sub.add_parser(name, help=text, description=text)
-        importlib.import_module(module).configure(command)
+        parser_of_command = sub.add_parser(name, help=text, description=text)
+        if name == command:
+            importlib.import_module(module).configure(parser_of_command)
         modules[name] = module
     return parser, modules
 
 
+def _command_in(argv: Sequence[str]) -> str | None:
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser, modules = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, modules = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),

@@ -1,0 +1,86 @@
+"""``stemserve train``: train a registry preset on rendered data.
+
+::
+
+    stemserve train --model unet --data data/music --out unet.pt --steps 20000 --batch 16
+    stemserve train --model conv_tasnet --data data/speech --out tasnet.pt --config num_repeats=2
+    torchrun --nproc_per_node 4 -m server.cli train --model demucs --data data/music --out demucs.pt
+
+The best checkpoint (lowest validation loss) is written to ``--out``; the state
+to resume from (``--resume``) to ``<out>.train-state.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+log = logging.getLogger(__name__)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="registry preset (see `stemserve models`)")
+    parser.add_argument("--data", required=True, help="data folder (MUSDB layout for music, wsj0-2mix for speech)")
+    parser.add_argument("--out", required=True, help="checkpoint to write (.pt or .safetensors)")
+    parser.add_argument("--steps", type=int, default=1000, help="optimiser steps in all (default 1000)")
+    parser.add_argument("--batch", type=int, default=8, help="examples per step and process (default 8)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights, crops and augmentation")
+    parser.add_argument("--segment", type=float, default=None, help="seconds per example (default: per model)")
+    parser.add_argument("--valid-every", type=int, default=100, help="validate (and checkpoint) every N steps")
+    parser.add_argument("--valid-items", type=int, default=None, help="cap on validation examples (default: all)")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>.train-state.pt if it exists")
+    parser.add_argument(
+        "--config", action="append", default=[], metavar="KEY=VALUE", help="config override (JSON value), repeatable"
+    )
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    parser.add_argument("--clip", type=float, default=5.0, help="gradient norm clip (default 5)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("--no-augment", action="store_true", help="train on plain random crops")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from models.train import TrainError, TrainOptions, parse_overrides, train
+
+    try:
+        options = TrainOptions(
+            model=args.model,
+            data=args.data,
+            out=args.out,
+            steps=args.steps,
+            batch=args.batch,
+            lr=args.lr,
+            device=args.device,
+            seed=args.seed,
+            segment=args.segment,
+            valid_every=args.valid_every,
+            resume=args.resume,
+            config=parse_overrides(args.config),
+            workers=args.workers,
+            clip=args.clip,
+            threads=args.threads,
+            valid_items=args.valid_items,
+            augment=not args.no_augment,
+            progress=not args.no_progress,
+            command=" ".join(["stemserve", *sys.argv[1:]]),
+        )
+        result = train(options)
+    except TrainError as err:
+        print(f"stemserve train: {err}", file=sys.stderr)
+        return 2
+    if not result.main:
+        return 0
+    summary = {
+        "checkpoint": str(result.checkpoint),
+        "step": result.step,
+        "best_step": result.best_step,
+        "best_val_loss": result.best_val_loss,
+        "wall_seconds": round(result.wall_seconds, 2),
+    }
+    print(json.dumps(summary))
+    return 0

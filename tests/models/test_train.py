@@ -1,0 +1,197 @@
+"""Training: every family's loss runs, validation loss goes down, resume is exact, DDP runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from models import registry
+from models.checkpoint import load_checkpoint, read_checkpoint
+from models.train import TrainError, TrainingObjective, TrainOptions, choose_task, parse_overrides, state_path, train
+from tests.models.data.tiny import render_music, render_speech
+
+TINY_UNET = {
+    "n_fft": 256,
+    "hop_length": 64,
+    "bins": 128,
+    "window_frames": 16,
+    "channels": [8, 16],
+    "dropout": 0.0,
+}
+TINY_RNN = {"hidden_size": 16, "num_layers": 1, "window_frames": 16, "dropout": 0.0}
+# preset -> (data kind, tiny config, segment seconds or None)
+TINY: dict[str, tuple[str, dict[str, Any], float | None]] = {
+    "unet": ("music", TINY_UNET, None),
+    "multi_unet": ("music", TINY_UNET, None),
+    "conditioned_unet": ("music", {**TINY_UNET, "film_hidden": 8}, None),
+    "open_unmix": (
+        "music",
+        {
+            "nb_bins": 129,
+            "n_fft": 256,
+            "hop_length": 64,
+            "hidden_size": 8,
+            "nb_layers": 1,
+            "max_bin": 64,
+            "window_frames": 16,
+        },
+        None,
+    ),
+    "mask_inference": ("speech", TINY_RNN, None),
+    "deep_clustering": ("speech", {**TINY_RNN, "embedding_size": 4}, None),
+    "chimera": ("speech", {**TINY_RNN, "embedding_size": 4}, None),
+    "tasnet": ("speech", {"N": 16, "hidden": 16, "layers": 1}, 0.5),
+    "conv_tasnet": ("speech", {"N": 16, "L": 16, "B": 8, "H": 16, "X": 2, "R": 1, "Sc": 8}, 0.5),
+    "wave_unet": ("music", {"L": 3, "Fc": 4}, 0.25),
+    "demucs": ("music", {"channels": 4, "depth": 2, "lstm_layers": 1, "resample": False}, 0.25),
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("train-data")
+    return {"music": render_music(base / "music"), "speech": render_speech(base / "speech")}
+
+
+def _options(sets: dict[str, Path], out: Path, preset: str = "unet", **changes: Any) -> TrainOptions:
+    kind, config, segment = TINY[preset]
+    values: dict[str, Any] = {
+        "model": preset,
+        "data": str(sets[kind]),
+        "out": str(out),
+        "steps": 4,
+        "batch": 2,
+        "lr": 3e-3,
+        "valid_every": 2,
+        "threads": 1,
+        "config": config,
+        "segment": segment,
+        "valid_items": 4,
+        "progress": False,
+    }
+    values.update(changes)
+    return TrainOptions(**values)
+
+
+def _skip_unless_registered(preset: str) -> None:
+    if preset not in registry.presets():
+        pytest.skip(f"{preset} is not in this checkout")
+
+
+@pytest.mark.parametrize("preset", sorted(TINY))
+def test_every_family_trains_with_a_finite_loss(preset: str, data: dict[str, Path], tmp_path: Path) -> None:
+    _skip_unless_registered(preset)
+    result = train(_options(data, tmp_path / "model.pt", preset))
+    assert result.step == 4 and [h["step"] for h in result.history] == [2, 4]
+    assert all(torch.isfinite(torch.tensor([h["train_loss"], h["val_loss"]])).all() for h in result.history)
+    assert load_checkpoint(tmp_path / "model.pt").describe() == registry.build(preset, TINY[preset][1]).describe()
+
+
+def test_tiny_training_lowers_validation_loss(data: dict[str, Path], tmp_path: Path) -> None:
+    result = train(_options(data, tmp_path / "unet.pt", steps=60, batch=4, valid_every=10, valid_items=None))
+    losses = [h["val_loss"] for h in result.history]
+    assert len(losses) == 6
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert result.best_val_loss == min(losses)
+
+
+def test_checkpoint_holds_the_best_model_and_primitive_metadata(data: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "unet.pt"
+    result = train(_options(data, out, command="stemserve train --model unet"))
+    content = read_checkpoint(out)  # weights_only=True inside
+    meta = content["metadata"]
+    assert meta["step"] == result.best_step and meta["val_loss"] == result.best_val_loss
+    assert meta["seed"] == 0 and meta["device"] == "cpu" and meta["command"] == "stemserve train --model unet"
+    assert meta["data"] == str(data["music"].resolve()) and meta["wall_seconds"] >= 0
+    assert all(isinstance(v, (int, float, str, bool)) for v in meta.values())
+
+
+def test_resume_continues_exactly_where_it_stopped(data: dict[str, Path], tmp_path: Path) -> None:
+    straight = train(_options(data, tmp_path / "a.pt", steps=6, valid_every=3))
+    first = train(_options(data, tmp_path / "b.pt", steps=3, valid_every=3))
+    assert first.step == 3
+    state = torch.load(state_path(tmp_path / "b.pt"), weights_only=True)
+    assert state["step"] == 3
+    resumed = train(_options(data, tmp_path / "b.pt", steps=6, valid_every=3, resume=True))
+    assert resumed.step == 6
+    assert [h["step"] for h in resumed.history] == [3, 6]
+    assert resumed.history == straight.history
+    a = torch.load(state_path(tmp_path / "a.pt"), weights_only=True)["model"]
+    b = torch.load(state_path(tmp_path / "b.pt"), weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_another_model_config(data: dict[str, Path], tmp_path: Path) -> None:
+    train(_options(data, tmp_path / "m.pt", steps=2))
+    other = {**TINY_UNET, "channels": [4, 8]}
+    with pytest.raises(TrainError, match="same --model and --config"):
+        train(_options(data, tmp_path / "m.pt", steps=4, resume=True, config=other))
+
+
+def test_speech_losses_are_permutation_invariant(data: dict[str, Path]) -> None:
+    torch.manual_seed(0)
+    for preset in ("mask_inference", "chimera", "conv_tasnet"):
+        _skip_unless_registered(preset)
+        model = registry.build(preset, TINY[preset][1]).eval()
+        objective = TrainingObjective(model, choose_task(model, TINY[preset][2]))
+        mixture = torch.randn(2, 1, objective.task.segment_samples)
+        stems = torch.stack([mixture * 0.3, mixture * 0.7], dim=1) + 0.01 * torch.randn(2, 2, 1, mixture.shape[-1])
+        with torch.no_grad():
+            assert torch.allclose(objective(mixture, stems), objective(mixture, stems[:, [1, 0]]), atol=1e-5)
+
+
+def test_music_data_for_a_speech_model_is_refused(data: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(TrainError, match="tr/"):
+        train(_options(data, tmp_path / "x.pt", "mask_inference", data=str(data["music"])))
+
+
+def test_cli_trains_and_reports(data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from server.cli import main
+
+    out = tmp_path / "cli.pt"
+    args = ["train", "--model", "unet", "--data", str(data["music"]), "--out", str(out), "--steps", "2",
+            "--batch", "2", "--valid-every", "1", "--threads", "1", "--valid-items", "2", "--no-progress"]  # fmt: skip
+    for key, value in TINY_UNET.items():
+        args += ["--config", f"{key}={json.dumps(value)}"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["step"] == 2 and Path(summary["checkpoint"]) == out and out.is_file()
+    assert main([*args[:4], str(tmp_path), *args[5:]]) == 2  # a folder without data
+    assert "no train/ folder" in capsys.readouterr().err
+
+
+def test_config_overrides_parse_json_values() -> None:
+    assert parse_overrides(["channels=[8,16]", "dropout=0.1", "target=vocals", "causal=true"]) == {
+        "channels": [8, 16],
+        "dropout": 0.1,
+        "target": "vocals",
+        "causal": True,
+    }
+    with pytest.raises(TrainError):
+        parse_overrides(["channels"])
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_on_two_cpu_processes(data: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "ddp.pt"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "server.cli", "train", "--model", "unet", "--data", str(data["music"]), "--out", str(out),
+        "--steps", "4", "--batch", "2", "--valid-every", "2", "--threads", "1", "--valid-items", "2",
+        "--device", "cpu", "--no-progress",
+    ]  # fmt: skip
+    for key, value in TINY_UNET.items():
+        command += ["--config", f"{key}={json.dumps(value)}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1  # only rank 0 reports
+    assert json.loads(lines[0])["step"] == 4 and out.is_file()
