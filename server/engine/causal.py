@@ -1,0 +1,107 @@
+"""Causal waveform models (causal Conv-TasNet, causal TasNet, causal Demucs), streamed exactly.
+
+The model is a black box with a stated receptive field, lookahead and stride
+(:class:`~models.description.ModelDescription`). The stream follows a
+:class:`~models.apply.CausalPlan`: every ``hop`` samples (a multiple of the
+stride, counted from the stream start so the model's frame grid matches the
+offline run) one work item holds the newest ``hop`` samples plus ``context``
+samples of real left context. Of the model's output on it, the ``hop``
+samples ending ``lookahead`` samples before the newest input are final and
+equal the offline output: they see all their future and at least a
+receptive field of past. Near the stream start the item begins at sample 0
+(as the offline run does) and is padded with zeros on the *right*, which a
+causal model's kept outputs cannot see; so every item has the same shape and
+items of all sessions stack into one batch.
+
+The per-step cost is a forward pass over ``context + hop`` samples; per-layer
+caches would avoid recomputing the context but need the model's insides,
+which the engine never touches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from models.apply import CausalPlan
+from models.description import ModelDescription
+from server.engine.work import ItemSpec, SampleBuffer, Stream, Streamer, stem_slots, take_stems
+
+
+class CausalStream(Stream):
+    """Per-session history of a causal waveform model's input, and its finished output."""
+
+    def __init__(self, plan: CausalPlan, channels: int, stems: Sequence[int], description: ModelDescription) -> None:
+        self.plan = plan
+        self.channels = channels
+        self.stems = list(stems)
+        self._slots = stem_slots(description, self.stems)
+        self.reset()
+
+    def reset(self) -> None:
+        self._history = SampleBuffer(self.channels, capacity=2 * self.plan.input_length)
+        self._next = 0  # stream index where the next step's new samples begin
+        self._step: dict[int, torch.Tensor] = {}  # slot -> output of the step being accepted
+        self._missing = len(self._slots)
+        self._out: list[torch.Tensor] = []
+
+    def push(self, audio: torch.Tensor) -> list[ItemSpec]:
+        plan = self.plan
+        self._history.append(audio)
+        items: list[ItemSpec] = []
+        while self._history.end >= self._next + plan.hop:
+            p = self._next
+            start = max(0, p - plan.context)
+            segment = self._history.view(start, p + plan.hop)
+            if segment.shape[1] < plan.input_length:  # stream start: right-pad (invisible to kept outputs)
+                segment = F.pad(segment, (0, plan.input_length - segment.shape[1]))
+            else:
+                segment = segment.clone()
+            items.extend(ItemSpec(segment, target, (p, start, slot)) for target, slot in self._slots)
+            self._next += plan.hop
+        self._history.trim(self._next - plan.context)
+        return items
+
+    def accept(self, key: Any, output: torch.Tensor) -> None:
+        p, start, slot = key
+        lo = max(0, p - self.plan.lookahead)  # final outputs of this step: [lo, hi)
+        hi = p + self.plan.hop - self.plan.lookahead
+        for s, estimate in take_stems(output, self.stems, slot):
+            self._step[s] = estimate[..., max(0, lo - start) : max(0, hi - start)]
+        self._missing -= 1 if slot >= 0 else len(self._slots)
+        if self._missing == 0:
+            if hi > lo:
+                self._out.append(torch.stack([self._step[s] for s in range(len(self.stems))]))
+            self._step = {}
+            self._missing = len(self._slots)
+
+    def pull(self) -> torch.Tensor:
+        if not self._out:
+            return torch.zeros(len(self.stems), self.channels, 0)
+        out = torch.cat(self._out, dim=-1)
+        self._out = []
+        return out
+
+
+class CausalStreamer(Streamer):
+    """Per-model factory for :class:`CausalStream`."""
+
+    plan: CausalPlan
+
+    def __init__(self, description: ModelDescription, plan: CausalPlan) -> None:
+        if description.domain != "waveform" or not description.causal:
+            raise ValueError("CausalStreamer is for causal waveform models")
+        super().__init__(description, plan)
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        return (self.description.audio_channels, self.plan.input_length)
+
+    def steps_per_second(self) -> float:
+        return self.description.sample_rate / self.plan.hop
+
+    def new_stream(self, stems: Sequence[int]) -> CausalStream:
+        return CausalStream(self.plan, self.description.audio_channels, stems, self.description)

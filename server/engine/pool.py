@@ -1,0 +1,179 @@
+"""Models held once in (device) memory and shared by every session.
+
+:class:`ModelPool` loads a model by registry preset name
+(:func:`models.registry.build`) or from a file (:func:`models.checkpoint.load_model`),
+moves it to the chosen device, puts it in eval mode and, on a GPU, optionally
+in half precision. :meth:`LoadedModel.warm_up` runs every batch shape the
+batcher will use once (first calls of a new shape cost seconds on a GPU) and
+times them; ``ready`` is set when it has.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models import registry
+from models.base import Separator
+from models.checkpoint import load_model
+from models.description import ModelDescription
+from server.engine.errors import UnknownModelError
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "models" / "weights"
+WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors")
+TIMED_RUNS = 3
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N`` -> a device, checked."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {spec!r} (auto | cpu | cuda | cuda:N)") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {spec!r} requested but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"unsupported device {spec!r} (auto | cpu | cuda | cuda:N)")
+    return device
+
+
+def bundled_models() -> dict[str, str | None]:
+    """The bundled weights in ``models/weights/``: ``{file stem: path}`` (empty if none)."""
+    if not WEIGHTS_DIR.is_dir():
+        return {}
+    return {p.stem: str(p) for p in sorted(WEIGHTS_DIR.iterdir()) if p.suffix in WEIGHT_SUFFIXES and p.is_file()}
+
+
+class LoadedModel:
+    """One model on its device, with the one method the batcher calls.
+
+    Attributes:
+        name: the name sessions use to open it.
+        model: the network (eval mode, on ``device``).
+        description: ``model.describe()``, read once.
+        device / dtype: where and in which precision it runs.
+        ready: True once :meth:`warm_up` ran.
+        timings: seconds per forward pass by batch size, from the warm-up.
+    """
+
+    def __init__(self, name: str, model: Separator, device: torch.device, half: bool = False) -> None:
+        self.name = name
+        self.description: ModelDescription = model.describe()
+        self.device = device
+        self.dtype = torch.float16 if half and device.type == "cuda" else torch.float32
+        self.model = model.to(device=device, dtype=self.dtype).eval()
+        self.ready = False
+        self.timings: dict[int, float] = {}
+
+    def run(self, inputs: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, *item)`` float32 CPU inputs -> ``(B, S, *item)`` float32 CPU outputs."""
+        with torch.inference_mode():
+            x = inputs.to(device=self.device, dtype=self.dtype, non_blocking=True)
+            t = targets.to(self.device) if targets is not None else None
+            out = self.model.separate(x, t)
+            return out.to(device="cpu", dtype=torch.float32)
+
+    def warm_up(
+        self, item_shape: Sequence[int], batch_sizes: Sequence[int], timed: Sequence[int] | None = None
+    ) -> dict[int, float]:
+        """Run each batch shape once (first calls of a shape compile / autotune), then
+        time the shapes in ``timed`` (default: all), best of ``TIMED_RUNS`` since other
+        load on the machine only ever adds; sets :attr:`ready`. Returns seconds per
+        forward pass of each timed shape."""
+        timed_sizes = set(batch_sizes if timed is None else timed)
+        for size in batch_sizes:
+            inputs = torch.zeros(size, *item_shape)
+            targets = torch.zeros(size, dtype=torch.long) if self.description.conditioned else None
+            self.run(inputs, targets)
+            if size not in timed_sizes:
+                continue
+            best = float("inf")
+            for _ in range(TIMED_RUNS):
+                start = time.perf_counter()
+                self.run(inputs, targets)
+                best = min(best, time.perf_counter() - start)
+            self.timings[size] = best
+        self.ready = True
+        log.info(
+            "model %s warm on %s: batch shapes %s, %s",
+            self.name,
+            self.device,
+            list(batch_sizes),
+            {k: f"{v * 1e3:.1f} ms" for k, v in self.timings.items()},
+        )
+        return dict(self.timings)
+
+    def memory_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+
+class ModelPool:
+    """Loads each model once; thread-safe."""
+
+    def __init__(self, device: str = "auto", half: bool = False) -> None:
+        self.device = resolve_device(device)
+        self.half = half
+        self._models: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def load(
+        self,
+        name: str,
+        path: str | Path | None = None,
+        *,
+        config: Mapping[str, Any] | None = None,
+        model: Separator | None = None,
+    ) -> LoadedModel:
+        """Load ``name`` (or return it if loaded).
+
+        Args:
+            name: the session-facing name; a registry preset when neither
+                ``path`` nor ``model`` is given.
+            path: a checkpoint file or an official Open-Unmix / Demucs file or folder.
+            config: overrides for the preset's config (registry builds only).
+            model: an already built network (tests, embedding).
+        """
+        with self._lock:
+            if name in self._models:
+                return self._models[name]
+            if model is None:
+                if path is not None:
+                    model = load_model(path)
+                else:
+                    try:
+                        model = registry.build(name, config)
+                    except registry.UnknownModelError as err:
+                        raise UnknownModelError(str(err)) from err
+            loaded = LoadedModel(name, model, self.device, self.half)
+            self._models[name] = loaded
+            log.info("loaded model %s (%s) on %s", name, loaded.description.architecture, self.device)
+            return loaded
+
+    def get(self, name: str) -> LoadedModel:
+        try:
+            return self._models[name]
+        except KeyError:
+            known = ", ".join(sorted(self._models)) or "none"
+            raise UnknownModelError(f"model {name!r} is not loaded; loaded: {known}") from None
+
+    def names(self) -> list[str]:
+        return list(self._models)
+
+    def memory_bytes(self) -> int:
+        """Device memory in use: CUDA's allocator count, or the parameters' size on CPU."""
+        if self.device.type == "cuda":
+            return int(torch.cuda.memory_allocated(self.device))
+        return sum(m.memory_bytes() for m in self._models.values())
