@@ -1,0 +1,236 @@
+"""``stemserve bridge``: a DAW track's audio through a stemserve server, in real time.
+
+On Linux with a JACK server running (and the ``jack`` Python package, from
+``pip install JACK-Client``) the bridge is a JACK client named ``--name`` with
+ports ``in_1..in_C`` / ``out_1..out_C``; route a track through them (Ardour:
+a port insert; or ``jack_connect``). Elsewhere it opens a PortAudio
+full-duplex device through PyAudio. Sample rate and buffer size follow the
+audio server.
+
+It prints the fixed latency to compensate (also published to JACK's latency
+API and sent by OSC with ``--osc-notify``), takes parameters over OSC with
+``--osc-port`` (see :mod:`plugin_bridge.osc`), and at exit prints its counters
+(xruns, underruns, late blocks, reconnects).
+
+Example::
+
+    stemserve serve --model unet &
+    stemserve bridge --server 127.0.0.1:50051 --model unet --target vocals \\
+        --connect-in system:capture_1 --connect-in system:capture_2 \\
+        --connect-out system:playback_1 --connect-out system:playback_2 --osc-port 9000
+    oscsend localhost 9000 /stemserve/mix f 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from plugin_bridge.bridge import BridgeSettings
+
+
+def _gain(text: str) -> tuple[str, float]:
+    stem, sep, value = text.partition("=")
+    if not sep or not stem:
+        raise argparse.ArgumentTypeError(f"expected STEM=VALUE, got {text!r}")
+    try:
+        return stem, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"gain of {stem!r} must be a number, got {value!r}") from None
+
+
+def add_session_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments shared by ``bridge`` and ``bridge-render``: the server, the session, the latency."""
+    parser.add_argument("--server", default="127.0.0.1:50051", help="server address host:port")
+    parser.add_argument("--model", required=True, help="model name (see `stemserve models` / the server's list)")
+    parser.add_argument("--target", default=None, help="target source (default: the mix of all stems)")
+    parser.add_argument("--mix", type=float, default=1.0, help="dry/wet 0..1 (default 1: stems only)")
+    parser.add_argument("--gain", type=_gain, action="append", default=[], metavar="STEM=G", help="per-stem gain 0..1")
+    parser.add_argument("--token", default=os.environ.get("STEMSERVE_TOKEN"), help="bearer token ($STEMSERVE_TOKEN)")
+    parser.add_argument("--tls-root", default=None, help="PEM root certificate for a TLS server")
+    parser.add_argument("--name", default="stemserve", help="client name (JACK client name, server logs)")
+    parser.add_argument("--margin-ms", type=float, default=20.0, help="network slack added to the latency (ms)")
+    parser.add_argument("--margin-samples", type=int, default=None, help="network slack in samples (wins over ms)")
+    parser.add_argument("--latency-samples", type=int, default=None, help="fix the total latency up front")
+    parser.add_argument("--underrun", choices=("dry", "silence"), default="dry", help="output when stems are late")
+    parser.add_argument("--connect-timeout", type=float, default=15.0, help="seconds to wait for the first session")
+
+
+def settings_from_args(args: argparse.Namespace, sample_rate: int, channels: int, block_frames: int) -> BridgeSettings:
+    tls_root = None
+    if args.tls_root:
+        with open(args.tls_root, "rb") as f:
+            tls_root = f.read()
+    return BridgeSettings(
+        address=args.server,
+        model=args.model,
+        sample_rate=sample_rate,
+        channels=channels,
+        target=args.target,
+        mix=args.mix,
+        gains=dict(args.gain),
+        token=args.token,
+        tls_root=tls_root,
+        client_name=args.name,
+        block_frames=block_frames,
+        margin_ms=args.margin_ms,
+        margin_samples=args.margin_samples,
+        latency_samples=args.latency_samples,
+        underrun=args.underrun,
+    )
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_session_arguments(parser)
+    parser.add_argument(
+        "--front",
+        choices=("auto", "jack", "pyaudio"),
+        default="auto",
+        help="audio front (auto: JACK if a JACK server answers, else PortAudio)",
+    )
+    parser.add_argument("--channels", type=int, default=2, help="audio channels (ports) (default 2)")
+    parser.add_argument("--jack-server", default=None, help="JACK server name (default: $JACK_DEFAULT_SERVER)")
+    parser.add_argument("--connect-in", action="append", default=[], metavar="PORT", help="JACK port -> in_N (repeat)")
+    parser.add_argument(
+        "--connect-out", action="append", default=[], metavar="PORT", help="out_N -> JACK port (repeat)"
+    )
+    parser.add_argument("--device", default=None, help="PortAudio device name (substring)")
+    parser.add_argument("--host-api", default=None, help="PortAudio host API (substring, e.g. ALSA, JACK)")
+    parser.add_argument("--rate", type=int, default=48000, help="PortAudio sample rate (JACK: the server's)")
+    parser.add_argument("--buffer", type=int, default=256, help="PortAudio frames per buffer (JACK: the server's)")
+    parser.add_argument("--list-devices", action="store_true", help="list PortAudio devices and exit")
+    parser.add_argument(
+        "--osc-port", type=int, default=None, help="UDP port for OSC parameters (0: any; off by default)"
+    )
+    parser.add_argument("--osc-host", default="127.0.0.1", help="OSC listen address (default loopback)")
+    parser.add_argument("--osc-prefix", default="/stemserve", help="OSC address prefix")
+    parser.add_argument("--osc-notify", default=None, metavar="HOST:PORT", help="send the latency here once known")
+    parser.add_argument("--ardour-strip", type=int, default=None, help="accept Ardour messages for this ssid only")
+    parser.add_argument("--ardour-plugin", type=int, default=None, help="accept Ardour messages for this piid only")
+    parser.add_argument("--duration", type=float, default=None, help="run this many seconds, then exit")
+    parser.add_argument("--stats-json", default=None, help="write latency and counters here at exit")
+
+
+def _jack_available(server_name: str | None) -> bool:
+    try:
+        import jack
+    except (ImportError, OSError):
+        return False
+    try:
+        client = jack.Client("stemserve-probe", no_start_server=True, servername=server_name)
+    except jack.JackError:
+        return False
+    client.close()
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    from plugin_bridge.bridge import Bridge
+
+    if args.list_devices:
+        from plugin_bridge.pyaudio_front import list_devices
+
+        for info in list_devices():
+            print(
+                f"{info['index']:3d} {info['host_api_name']:<28} in {info['maxInputChannels']:>2} "
+                f"out {info['maxOutputChannels']:>2}  {info['name']}"
+            )
+        return 0
+    front_kind = args.front
+    if front_kind == "auto":
+        front_kind = "jack" if sys.platform.startswith("linux") and _jack_available(args.jack_server) else "pyaudio"
+
+    front: Any
+    if front_kind == "jack":
+        from plugin_bridge.jack_front import JackFront
+
+        try:
+            front = JackFront(args.name, args.channels, args.jack_server)
+        except Exception as err:  # jack.JackError, or no libjack
+            print(f"stemserve bridge: cannot open a JACK client: {err}")
+            return 1
+        settings = settings_from_args(args, front.sample_rate, args.channels, front.blocksize)
+    else:
+        settings = settings_from_args(args, args.rate, args.channels, args.buffer)
+    try:
+        bridge = Bridge(settings)
+    except ValueError as err:
+        print(f"stemserve bridge: {err}")
+        return 2
+    # The audio thread needs the GIL promptly; the default 5 ms switch interval is a whole JACK period.
+    sys.setswitchinterval(0.0005)
+
+    osc = None
+    if args.osc_port is not None:
+        from plugin_bridge.osc import OscListener
+
+        osc = OscListener(
+            bridge.params,
+            reset=bridge.reset,
+            latency=lambda: None if bridge.latency is None else (bridge.latency.total, bridge.latency.sample_rate),
+            stats=bridge.stats,
+            host=args.osc_host,
+            port=args.osc_port,
+            prefix=args.osc_prefix,
+            ardour_strip=args.ardour_strip,
+            ardour_plugin=args.ardour_plugin,
+        )
+        print(f"OSC parameters on {args.osc_host}:{osc.start()} (prefix {args.osc_prefix})", flush=True)
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    report = bridge.start(wait_s=args.connect_timeout)
+    if report is None:
+        print(f"stemserve bridge: no session on {args.server} yet; passing silence and retrying", flush=True)
+    try:
+        if front_kind == "jack":
+            front.attach(bridge)
+            front.start(args.connect_in, args.connect_out)
+            ins = ", ".join(p.name for p in front.inports)
+            outs = ", ".join(p.name for p in front.outports)
+            print(
+                f"JACK client {front.name}: {front.sample_rate} Hz, {front.blocksize} frames; in [{ins}] out [{outs}]",
+                flush=True,
+            )
+        else:
+            from plugin_bridge.pyaudio_front import PyAudioFront, find_device
+
+            front = PyAudioFront(bridge, find_device(args.device, args.host_api), args.buffer)
+            front.start()
+        published = False
+        deadline = None if args.duration is None else time.monotonic() + args.duration
+        while not stop.is_set():
+            if not published and bridge.latency is not None:
+                published = True
+                print(bridge.latency.describe(), flush=True)
+                print(f"LATENCY {bridge.latency.total}", flush=True)
+                if front_kind == "jack":
+                    front.publish_latency()
+                if osc is not None and args.osc_notify:
+                    host, _, port = args.osc_notify.rpartition(":")
+                    osc.announce((host, int(port)))
+            if front_kind == "jack" and front.shutdown.is_set():
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            stop.wait(0.1)
+    finally:
+        front.stop()
+        bridge.stop()
+        if osc is not None:
+            osc.stop()
+    stats = bridge.stats()
+    summary = {"latency": None if bridge.latency is None else bridge.latency.total, "counters": stats}
+    print("STATS " + json.dumps(summary), flush=True)
+    if args.stats_json:
+        with open(args.stats_json, "w") as f:
+            json.dump(summary, f, indent=2)
+    return 0

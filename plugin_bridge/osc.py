@@ -1,0 +1,247 @@
+"""The bridge's OSC listener: plugin parameters from a DAW's OSC surface or a control app.
+
+One UDP port per bridge, handled on one ordered asyncio loop (python-osc's
+asyncio server) in its own thread. Messages are dispatched as they arrive (no
+bundle time-tag waiting); accepted changes are forwarded in-band to the server
+and applied at the next block boundary, ramped over that block. Bad values are
+logged with the reason and ignored. Values are normalised floats 0..1 except
+where a name is expected.
+
+Own address space (``PREFIX`` defaults to ``/stemserve``)::
+
+    PREFIX/target      s NAME  | f 0..1   target source, by name or as a choice over the model's sources
+    PREFIX/mix         f 0..1             0 = dry (input delayed by the latency) .. 1 = stems only
+    PREFIX/gain/STEM   f 0..1             linear gain of one stem
+    PREFIX/model       s NAME             switch model (only if its latency fits the bridge's)
+    PREFIX/param       i N  f 0..1        normalised plugin parameter N (numbers below)
+    PREFIX/reset                          transport stop / seek: clear server state, keep latency
+    PREFIX/latency                        reply PREFIX/latency i TOTAL i SAMPLE_RATE to the sender
+    PREFIX/stats                          reply PREFIX/stats s JSON (counters) to the sender
+
+Ardour's plugin-parameter shape is accepted too, so an Ardour OSC surface can
+drive the bridge as if it were a plugin on a strip::
+
+    /strip/plugin/parameter  i SSID  i PIID  i PARAM  f VALUE(0..1)
+
+``PARAM`` uses the same numbers as ``PREFIX/param`` (1-based, as Ardour counts
+plugin parameters): 1 = target (choice over the model's sources), 2 = mix,
+3.. = gain of the model's first, second, ... source. ``SSID`` / ``PIID`` are
+ignored unless the bridge was given ``ardour_strip`` / ``ardour_plugin``, in
+which case other strips' and plugins' messages are ignored (silently: they are
+meant for someone else).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, cast
+
+from pythonosc.dispatcher import Dispatcher
+from pythonosc.osc_message_builder import OscMessageBuilder
+from pythonosc.osc_server import AsyncIOOSCUDPServer
+
+from plugin_bridge.parameters import Parameters
+
+log = logging.getLogger(__name__)
+
+ARDOUR_PARAMETER = "/strip/plugin/parameter"
+Address = tuple[str, int]
+
+
+class OscListener:
+    """Routes OSC messages to :class:`Parameters` and the bridge's controls.
+
+    Args:
+        params: the parameter state to set.
+        reset: called for ``PREFIX/reset``.
+        latency: returns ``(total, sample_rate)`` or None before the first session.
+        stats: returns the bridge's counters.
+        ardour_strip / ardour_plugin: accept only this strip / plugin id in Ardour messages.
+    """
+
+    def __init__(
+        self,
+        params: Parameters,
+        reset: Callable[[], None] | None = None,
+        latency: Callable[[], tuple[int, int] | None] | None = None,
+        stats: Callable[[], dict[str, int]] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        prefix: str = "/stemserve",
+        ardour_strip: int | None = None,
+        ardour_plugin: int | None = None,
+    ) -> None:
+        self.params = params
+        self._reset = reset
+        self._latency = latency
+        self._stats = stats
+        self.host = host
+        self.requested_port = port
+        self.prefix = prefix.rstrip("/")
+        self.ardour_strip = ardour_strip
+        self.ardour_plugin = ardour_plugin
+        self.port = 0
+        # Messages fully handled (accepted or refused); tests wait on it.
+        self.handled = 0
+        self.refused = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+        self.dispatcher = self._build_dispatcher()
+
+    # -- dispatch (no sockets: tests feed datagrams to self.dispatcher directly) -------------------
+    def _build_dispatcher(self) -> Dispatcher:
+        d = Dispatcher()
+        p = self.prefix
+        d.map(f"{p}/target", self._counted(self._target))
+        d.map(f"{p}/mix", self._counted(self._mix))
+        d.map(f"{p}/gain/*", self._counted(self._gain))
+        d.map(f"{p}/model", self._counted(self._model))
+        d.map(f"{p}/param", self._counted(self._param))
+        d.map(f"{p}/reset", self._counted(self._on_reset))
+        d.map(f"{p}/latency", self._counted(self._reply_latency), needs_reply_address=True)
+        d.map(f"{p}/stats", self._counted(self._reply_stats), needs_reply_address=True)
+        d.map(ARDOUR_PARAMETER, self._counted(self._ardour))
+        d.set_default_handler(self._counted(self._unknown))
+        return d
+
+    def _counted(self, handler: Callable[..., bool]) -> Callable[..., None]:
+        def run(*args: Any) -> None:
+            try:
+                ok = handler(*args)
+            except Exception:  # a handler bug must not stop the listener
+                log.exception("OSC handler failed for %r", args)
+                ok = False
+            if not ok:
+                self.refused += 1
+            self.handled += 1
+
+        return run
+
+    @staticmethod
+    def _one(address: str, args: tuple[Any, ...]) -> Any:
+        if len(args) != 1:
+            log.warning("OSC %s ignored: expected one value, got %r", address, list(args))
+            return None
+        return args[0]
+
+    def _target(self, address: str, *args: Any) -> bool:
+        value = self._one(address, args)
+        return value is not None and self.params.set_target(value)
+
+    def _mix(self, address: str, *args: Any) -> bool:
+        value = self._one(address, args)
+        return value is not None and self.params.set_mix(value)
+
+    def _gain(self, address: str, *args: Any) -> bool:
+        value = self._one(address, args)
+        stem = address[len(self.prefix) + len("/gain/") :]
+        return value is not None and self.params.set_gain(stem, value)
+
+    def _model(self, address: str, *args: Any) -> bool:
+        value = self._one(address, args)
+        return value is not None and self.params.set_model(value)
+
+    def _param(self, address: str, *args: Any) -> bool:
+        if len(args) != 2:
+            log.warning("OSC %s ignored: expected (i number, f value), got %r", address, list(args))
+            return False
+        return self.params.set_normalized(args[0], args[1])
+
+    def _on_reset(self, address: str, *args: Any) -> bool:
+        if self._reset is None:
+            return False
+        self._reset()
+        return True
+
+    def _ardour(self, address: str, *args: Any) -> bool:
+        if len(args) != 4:
+            log.warning("OSC %s ignored: expected (ssid, piid, param, value), got %r", address, list(args))
+            return False
+        ssid, piid, param, value = args
+        if self.ardour_strip is not None and ssid != self.ardour_strip:
+            return True
+        if self.ardour_plugin is not None and piid != self.ardour_plugin:
+            return True
+        return self.params.set_normalized(param, value)
+
+    def _unknown(self, address: str, *args: Any) -> bool:
+        log.warning("OSC %s ignored: unknown address (see plugin_bridge/osc.py for the address space)", address)
+        return False
+
+    def _send(self, to: Address, address: str, *values: Any) -> None:
+        builder = OscMessageBuilder(address=address)
+        for value in values:
+            builder.add_arg(value)
+        if self._transport is not None:
+            self._transport.sendto(builder.build().dgram, to)
+
+    def _reply_latency(self, client: Address, address: str, *args: Any) -> bool:
+        known = self._latency() if self._latency is not None else None
+        total, rate = known if known is not None else (-1, 0)
+        self._send(client, f"{self.prefix}/latency", int(total), int(rate))
+        return True
+
+    def _reply_stats(self, client: Address, address: str, *args: Any) -> bool:
+        stats = self._stats() if self._stats is not None else {}
+        self._send(client, f"{self.prefix}/stats", json.dumps(stats))
+        return True
+
+    def announce(self, to: Address) -> None:
+        """Send ``PREFIX/latency i TOTAL i RATE`` to ``to`` (e.g. a control app, once connected)."""
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._reply_latency, to, "")
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self, timeout: float = 5.0) -> int:
+        """Bind and serve on a thread of its own; returns the bound port."""
+        if self._thread is not None:
+            raise RuntimeError("OSC listener already started")
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        async def serve() -> None:
+            server = AsyncIOOSCUDPServer((self.host, self.requested_port), self.dispatcher, loop)  # type: ignore[arg-type]
+            transport, _ = await server.create_serve_endpoint()
+            # A datagram transport (asyncio's selector class does not subclass DatagramTransport).
+            self._transport = cast(asyncio.DatagramTransport, transport)
+            self.port = int(transport.get_extra_info("sockname")[1])
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(serve())
+            except BaseException as err:  # reported to start() below
+                failure.append(err)
+                loop.close()
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            if self._transport is not None:
+                self._transport.close()
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="stemserve-bridge-osc", daemon=True)
+        self._thread.start()
+        if not ready.wait(timeout):
+            raise OSError(f"OSC listener did not bind {self.host}:{self.requested_port} in {timeout} s")
+        if failure:
+            self._thread = None
+            raise OSError(f"OSC listener cannot bind {self.host}:{self.requested_port}: {failure[0]!r}")
+        log.info("OSC listening on %s:%d (prefix %s, and %s)", self.host, self.port, self.prefix, ARDOUR_PARAMETER)
+        return self.port
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(5.0)
+        self._thread = None

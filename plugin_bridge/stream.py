@@ -1,0 +1,447 @@
+"""The network thread: one gRPC ``Stream`` session per track, kept alive across server restarts.
+
+What goes on the wire
+---------------------
+* ``open`` with the model, the host sample rate and channel count, and the full
+  current parameters; the token as ``authorization: Bearer`` metadata (plain
+  metadata: call credentials are dropped on insecure channels).
+* After ``opened``: audio blocks with consecutive ``seq`` from 0 and
+  ``position`` = session input frame index. **Network blocks are not
+  re-chunked to a fixed size**: each is whatever host input has accumulated
+  since the last send, capped at ``max_network_frames``. The sender wakes as
+  soon as the audio callback writes, so in steady state a network block is
+  exactly one host block (no added latency); after a stall it coalesces the
+  backlog into fewer, larger messages.
+* Parameter changes, merged, just before the next audio block (they apply at
+  that block's boundary), and ``Control RESET`` exactly at the host frame where
+  the host reset the transport.
+
+What comes back
+---------------
+``StemBlock`` frames ``[p, p + n)`` of the session's output, where session
+output frame ``p`` is the estimate for session input frame ``p - L``. The
+session started at host frame ``origin``, so they belong at host output frames
+``origin + p + (total - L)`` (see :mod:`plugin_bridge.timeline`); the receiver
+writes them there in the output ring. Frames already played are dropped and
+counted as late.
+
+Failure
+-------
+Any RPC error (server killed, restarted, unreachable, stalled for
+``stall_timeout_s`` with blocks outstanding) ends the session: frames in
+flight become gaps (the audio callback outputs dry), input is discarded while
+disconnected, and the thread re-opens a session with the same parameters
+after an exponential backoff (``backoff_initial_s`` doubling to
+``backoff_max_s``). Audio never waits for any of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from plugin_bridge import client
+from plugin_bridge.parameters import Parameters
+from plugin_bridge.ring import InputRing, OutputRing
+from plugin_bridge.timeline import NEVER, Counters, Timeline
+from protos import stemserve_pb2 as pb
+from protos import stemserve_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+# gRPC's own reconnect backoff grows to 120 s by default; a DAW track wants its
+# stems back within a second or two of the server returning.
+RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+@dataclass
+class LinkSettings:
+    address: str
+    sample_rate: int
+    channels: int
+    token: str | None = None
+    tls_root: bytes | None = None
+    client_name: str = "stemserve-bridge"
+    max_network_frames: int = 4096
+    backoff_initial_s: float = 0.1
+    backoff_max_s: float = 2.0
+    stall_timeout_s: float = 5.0
+    # Fallback wake-up of the sender when no write notification came.
+    poll_s: float = 0.01
+
+
+@dataclass
+class _Session:
+    """One Stream call's state, shared by the sender (grpc's thread) and the receiver."""
+
+    model: str
+    # Set for a model-change trial: the target to open it with (the old one may not exist there).
+    trial_target: str | None = None
+    trial: bool = False
+    opened: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    call: grpc.Future | None = None
+    offset: int = 0  # total - L: host output = origin + session output position + offset
+    latency: int = 0  # the session's L: its first L output frames estimate input from before it began
+    origin: int | None = None  # host frame of the session's input frame 0
+    refused: bool = False
+    sent: int = 0
+    received: int = 0
+    # When the oldest unanswered block was sent (or the last reply came after it).
+    waiting_since: float = 0.0
+    switched: bool = False
+    sources: tuple[str, ...] = ()
+
+
+class StreamLink:
+    """Owns the network thread; talks to the audio callback only through the rings and the timeline."""
+
+    def __init__(
+        self,
+        settings: LinkSettings,
+        model: str,
+        params: Parameters,
+        in_ring: InputRing,
+        out_ring: OutputRing,
+        timeline: Timeline,
+        counters: Counters,
+        data_ready: threading.Event,
+        arrived: threading.Event,
+    ) -> None:
+        self.settings = settings
+        self.params = params
+        self.in_ring = in_ring
+        self.out_ring = out_ring
+        self.timeline = timeline
+        self.counters = counters
+        self.data_ready = data_ready
+        self.arrived = arrived
+        self.metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {settings.token}"),) if settings.token else ()
+        )
+        self._model = model
+        self._pending_model: str | None = None
+        self._pending_target: str | None = None
+        self._param_changes: queue.SimpleQueue[pb.Parameters] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._session: _Session | None = None
+        self._resets_sent = 0
+        self._errors_logged = 0
+        self.connected = threading.Event()
+        self.session_id = ""
+        params.add_listener(self._param_changes.put)
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("link already started")
+        self._thread = threading.Thread(target=self._run, name="stemserve-bridge-net", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self.data_ready.set()
+        session = self._session
+        if session is not None and session.call is not None:
+            session.call.cancel()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    def request_model(self, name: str, target: str | None) -> None:
+        """Switch to ``name`` (with ``target``) at the next block boundary; the bridge has checked its latency.
+
+        The new session is a trial: if its reported latency does not fit the
+        bridge's, it is closed and the previous model re-opened.
+        """
+        self._pending_target = target
+        self._pending_model = name
+        self.data_ready.set()
+
+    def list_models(self, timeout: float = 2.0) -> list[pb.ModelInfo]:
+        """The server's models (a short-lived channel; control thread)."""
+        with self._channel() as channel:
+            stub = pb_grpc.SeparationStub(channel)
+            reply = stub.ListModels(pb.ListModelsRequest(), metadata=self.metadata, timeout=timeout)
+        return list(reply.models)
+
+    def _channel(self) -> grpc.Channel:
+        options = client.channel_options() + RECONNECT_OPTIONS
+        if self.settings.tls_root is not None:
+            credentials = grpc.ssl_channel_credentials(self.settings.tls_root)
+            return grpc.secure_channel(self.settings.address, credentials, options=options)
+        return grpc.insecure_channel(self.settings.address, options=options)
+
+    # -- the thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        backoff = self.settings.backoff_initial_s
+        failures = 0
+        while not self._stop.is_set():
+            pending = self._pending_model
+            trial = pending is not None
+            model = pending if pending is not None else self._model
+            session = _Session(model=model, trial=trial, trial_target=self._pending_target)
+            self._session = session
+            try:
+                self._serve(session)
+            except grpc.RpcError as err:
+                if not self._stop.is_set():
+                    self._log_failure(err, failures, session)
+            except Exception:
+                log.exception("bridge network thread: unexpected error; reconnecting")
+            finally:
+                self._end_session(session)
+            if self._stop.is_set():
+                break
+            if trial and not (session.opened.is_set() and not session.refused):
+                self._pending_model = None
+                self.counters.model_refused += 1
+                log.error(
+                    "MODEL CHANGE REFUSED: %r did not open within the bridge's latency; staying with %r",
+                    model,
+                    self._model,
+                )
+                continue
+            if session.switched:
+                continue  # the trial session for the pending model opens now
+            if session.opened.is_set() and not session.refused:
+                failures = 0
+                backoff = self.settings.backoff_initial_s
+            failures += 1
+            self.counters.connect_failures += 1
+            self._wait_discarding(backoff * random.uniform(0.8, 1.2))
+            backoff = min(backoff * 2.0, self.settings.backoff_max_s)
+
+    def _log_failure(self, err: grpc.RpcError, failures: int, session: _Session) -> None:
+        code = err.code() if hasattr(err, "code") else None
+        details = err.details() if hasattr(err, "details") else str(err)
+        if code in (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.NOT_FOUND,
+            grpc.StatusCode.UNAUTHENTICATED,
+            grpc.StatusCode.PERMISSION_DENIED,
+        ):
+            log.error("server refused the session (model %r): %s: %s", session.model, code.name, details)
+        elif session.opened.is_set():
+            log.warning("stream lost (%s: %s); outputting dry and reconnecting", getattr(code, "name", code), details)
+        elif failures == 0:
+            log.warning(
+                "cannot reach %s (%s); retrying with backoff", self.settings.address, getattr(code, "name", code)
+            )
+        else:
+            log.debug("reconnect attempt failed: %s", details)
+
+    def _end_session(self, session: _Session) -> None:
+        session.done.set()
+        # Frames in flight will never come: they are gaps (dry), not underruns.
+        self.timeline.session_first_out = NEVER
+        self.in_ring.discard()
+        self.connected.clear()
+        self._session = None
+
+    def _wait_discarding(self, seconds: float) -> None:
+        """Sleep for the backoff, dropping input meanwhile (no session to send it to)."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            self.in_ring.discard()
+            self._stop.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+        self.in_ring.discard()
+
+    def _serve(self, session: _Session) -> None:
+        """Run one Stream call to its end; raises grpc.RpcError on failure."""
+        with self._channel() as channel:
+            stub = pb_grpc.SeparationStub(channel)
+            call = stub.Stream(self._requests(session), metadata=self.metadata)
+            session.call = call
+            channels = self.settings.channels
+            for reply in call:
+                session.waiting_since = time.monotonic()
+                kind = reply.WhichOneof("kind")
+                if kind == "block":
+                    self._receive_block(session, reply.block, channels)
+                elif kind == "opened":
+                    if not self._opened(session, reply.opened):
+                        call.cancel()
+                        return
+                elif kind == "status":
+                    self._status(reply.status)
+                if self._stop.is_set():
+                    call.cancel()
+                    return
+
+    def _opened(self, session: _Session, opened: pb.SessionOpened) -> bool:
+        lat = opened.latency
+        offset = self.timeline.admit(lat.model, lat.buffering, lat.resampler, lat.total, self.counters)
+        if offset is None:
+            session.refused = True
+            return False
+        session.offset = offset
+        session.latency = int(lat.total)
+        session.sources = tuple(opened.sources)
+        if session.trial:
+            # The switch is made: from now on reconnects re-open this model.
+            self._model = session.model
+            if self._pending_model == session.model:
+                self._pending_model = None
+            self.params.commit_model(session.model, session.trial_target)
+            log.info("model changed to %r", session.model)
+        self.params.set_sources(opened.sources)
+        self.session_id = opened.session_id
+        self.counters.sessions_opened += 1
+        if self.counters.sessions_opened > 1:
+            self.counters.reconnects += 1
+        log.info(
+            "session %s open: model %s, server latency %d, placed %d frames after its input",
+            opened.session_id,
+            session.model,
+            lat.total,
+            offset,
+        )
+        session.opened.set()  # the sender starts sending audio now
+        return True
+
+    def _receive_block(self, session: _Session, block: pb.StemBlock, channels: int) -> None:
+        session.received += 1
+        self.counters.blocks_received += 1
+        if block.late:
+            self.counters.server_late_blocks += 1
+        if session.origin is None:
+            return
+        data = np.frombuffer(block.pcm, dtype="<f4").reshape(-1, channels).T
+        position = block.position
+        head = min(data.shape[1], max(0, session.latency - position))
+        if head == data.shape[1]:
+            return
+        late = self.out_ring.write(session.origin + position + head + session.offset, data[:, head:])
+        if late:
+            self.counters.late_blocks += 1
+            self.counters.late_frames += late
+        self.arrived.set()
+
+    def _status(self, status: pb.SessionStatus) -> None:
+        code = status.code
+        if code == pb.SessionStatus.OVERLOADED:
+            self.counters.overloaded += 1
+            if self.counters.overloaded == 1 or self.counters.overloaded % 100 == 0:
+                log.warning("server overloaded (%d times): %s", self.counters.overloaded, status.message)
+        elif code == pb.SessionStatus.INVALID_SAMPLES:
+            self.counters.invalid_samples += status.count
+        else:
+            log.debug("session status %s %s", pb.SessionStatus.Code.Name(code), status.message)
+
+    # -- the sender (runs on grpc's request-consuming thread) ---------------------------------
+    def _requests(self, session: _Session) -> Iterator[pb.StreamRequest]:
+        # Changes queued before this open are in the full state it carries.
+        self._drain_param_changes()
+        parameters = self.params.to_proto()
+        if session.trial:
+            parameters.ClearField("target")
+            if session.trial_target is not None:
+                parameters.target = session.trial_target
+        yield pb.StreamRequest(
+            open=pb.OpenSession(
+                model=session.model,
+                sample_rate=self.settings.sample_rate,
+                channels=self.settings.channels,
+                parameters=parameters,
+                client_name=self.settings.client_name,
+            )
+        )
+        while not session.opened.wait(0.05):
+            if self._stop.is_set() or session.done.is_set():
+                return
+            self.in_ring.discard()
+        # Input written before the session existed is not sent: the session starts now.
+        origin = self.in_ring.discard()
+        session.origin = origin
+        # A reset requested before this session opened is moot: the session is fresh.
+        self._resets_sent = self.timeline.reset_taken
+        # Its first L output frames estimate input from before the session (never sent): gaps, not stems.
+        self.timeline.session_first_out = origin + session.offset + session.latency
+        self.connected.set()
+        seq = 0
+        max_frames = self.settings.max_network_frames
+        while not (self._stop.is_set() or session.done.is_set()):
+            if self._pending_model is not None and self._pending_model != session.model:
+                session.switched = True
+                return  # half-close: the server answers every block sent so far, then ends
+            self._log_callback_errors()
+            self._check_stall(session)
+            # Read write_pos before reset_taken: the callback bumps reset_taken
+            # before writing post-reset input, so input seen here is never past
+            # a reset we have not seen.
+            write_pos = self.in_ring.write_pos
+            limit = write_pos
+            taken = self.timeline.reset_taken
+            if taken != self._resets_sent:
+                limit = max(self.in_ring.read_pos, min(write_pos, self.timeline.reset_pos))
+            change = self._drain_param_changes()
+            if change is not None:
+                self.counters.params_sent += 1
+                yield pb.StreamRequest(parameters=change)
+            if limit > self.in_ring.read_pos:
+                start = self.in_ring.read_pos
+                audio, lost = self.in_ring.read(min(max_frames, limit - start))
+                if lost:
+                    self.counters.input_lost_frames += lost
+                frames = audio.shape[1]
+                if session.sent == session.received:
+                    session.waiting_since = time.monotonic()
+                session.sent += 1
+                self.counters.blocks_sent += 1
+                yield pb.StreamRequest(
+                    block=pb.AudioBlock(seq=seq, position=start - origin, frames=frames, pcm=client.encode(audio))
+                )
+                seq += 1
+                continue
+            if taken != self._resets_sent:
+                self._resets_sent = taken
+                self.counters.resets_sent += 1
+                yield pb.StreamRequest(control=pb.Control(kind=pb.Control.RESET))
+                continue
+            self.data_ready.wait(self.settings.poll_s)
+            self.data_ready.clear()
+
+    def _drain_param_changes(self) -> pb.Parameters | None:
+        merged: pb.Parameters | None = None
+        while True:
+            try:
+                change = self._param_changes.get_nowait()
+            except queue.Empty:
+                return merged
+            if merged is None:
+                merged = pb.Parameters()
+            merged.MergeFrom(change)
+
+    def _check_stall(self, session: _Session) -> None:
+        """Cancel a call whose server stopped answering (a vanished host sends no RST)."""
+        stalled = time.monotonic() - session.waiting_since > self.settings.stall_timeout_s
+        if session.sent > session.received and session.call is not None and stalled:
+            log.warning("no reply from the server for %.1f s; reconnecting", self.settings.stall_timeout_s)
+            session.call.cancel()
+
+    def _log_callback_errors(self) -> None:
+        # The audio callback never logs (I/O and locks); it counts, and we report.
+        errors = self.counters.callback_errors
+        if errors != self._errors_logged:
+            log.error(
+                "audio callback failed %d time(s) (output silenced for those blocks)", errors - self._errors_logged
+            )
+            self._errors_logged = errors
