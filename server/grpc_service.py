@@ -1,0 +1,435 @@
+"""The gRPC servicer: decode, call the engine, encode. No audio logic lives here.
+
+Model work never runs on the event loop: :meth:`Engine.submit` only validates,
+copies and enqueues, and its :class:`concurrent.futures.Future` is awaited
+with ``asyncio.wrap_future``. A ``Stream`` reads requests in one task and
+answers in the call's own coroutine, so a client may keep many blocks in
+flight; answers come back in request order.
+
+Errors become status codes at this edge only (``errors.status_name``):
+
+=====================================================  ==================
+unknown model, unknown session                         NOT_FOUND
+bad PCM, wrong channel count, unsupported sample rate,  INVALID_ARGUMENT
+unknown target / stem, parameter out of range,
+a message out of protocol order
+message larger than the limit (gRPC itself)            RESOURCE_EXHAUSTED
+real-time capacity full (admission)                    RESOURCE_EXHAUSTED
+warming up or shutting down                            UNAVAILABLE
+missing / wrong bearer token (server.auth)             UNAUTHENTICATED
+a model failure (that session only)                    INTERNAL
+=====================================================  ==================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import grpc
+import numpy as np
+
+from protos import stemserve_pb2 as pb
+from protos import stemserve_pb2_grpc as pb_grpc
+from server import pcm
+from server.engine import errors
+from server.engine.engine import Engine, ModelInfo
+from server.engine.session import BlockResult, LatencyParts
+
+log = logging.getLogger(__name__)
+
+# Answers a Stream may have outstanding before its reader stops taking requests
+# (back-pressure on a client that sends faster than the model runs).
+STREAM_WINDOW = 64
+# Blocks a Separate keeps in flight (bounded memory whatever the file's length).
+SEPARATE_WINDOW = 2
+
+# (session id, event, values): "opened" {latency}, "status" {code, message}, "closed" {}
+Listener = Callable[[str, str, Mapping[str, Any]], None]
+
+
+def latency_message(latency: LatencyParts) -> pb.Latency:
+    return pb.Latency(
+        model=latency.model,
+        buffering=latency.buffering,
+        resampler=latency.resampler,
+        total=latency.total,
+        sample_rate=latency.sample_rate,
+    )
+
+
+def model_message(info: ModelInfo) -> pb.ModelInfo:
+    d = info.description
+    return pb.ModelInfo(
+        name=info.name,
+        sources=list(d.sources),
+        conditioned=d.conditioned,
+        sample_rate=d.sample_rate,
+        channels=d.audio_channels,
+        domain=d.domain,
+        causal=d.causal,
+        latency=latency_message(info.latency),
+        description_json=json.dumps({**d.to_dict(), "plan": info.plan, "device": info.device}, default=str),
+    )
+
+
+def parameters_dict(message: pb.Parameters) -> dict[str, Any]:
+    """Only the fields the client set (proto3 ``optional`` presence); an empty target means "all stems"."""
+    out: dict[str, Any] = {}
+    if message.HasField("target"):
+        out["target"] = message.target or None
+    if message.HasField("mix"):
+        out["mix"] = message.mix
+    if message.gains:
+        out["gains"] = dict(message.gains)
+    return out
+
+
+def status_code(err: BaseException) -> grpc.StatusCode:
+    if isinstance(err, pcm.PcmError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    return getattr(grpc.StatusCode, errors.status_name(err))
+
+
+async def abort_for(context: grpc.aio.ServicerContext, err: BaseException) -> NoReturn:
+    code = status_code(err)
+    if code == grpc.StatusCode.INTERNAL:
+        log.error("internal error: %s", err, exc_info=err)
+    await context.abort(code, str(err))
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+def status_response(code: int, message: str = "", seq: int = 0, count: int = 0) -> pb.StreamResponse:
+    return pb.StreamResponse(status=pb.SessionStatus(code=code, message=message, seq=seq, count=count))  # type: ignore[arg-type]
+
+
+@dataclass
+class _Pending:
+    """One answer a Stream owes, in request order."""
+
+    kind: str  # "block" | "flush" | "reset" | "message" | "error"
+    future: Future[Any] | None = None
+    seq: int = 0
+    position: int = 0
+    message: pb.StreamResponse | None = None
+    error: BaseException | None = None
+
+
+class SeparationServicer(pb_grpc.SeparationServicer):
+    """Adapter from the ``stemserve.v1.Separation`` service to :class:`Engine`.
+
+    Args:
+        engine: the engine every call goes to.
+        extra_stats: transport counters (OSC...) merged into GetStats' ``extra_json``.
+        max_message_bytes: the server's send limit; Separate splits stem chunks under it.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        extra_stats: Callable[[], Mapping[str, Any]] | None = None,
+        max_message_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        self.engine = engine
+        self._extra_stats = extra_stats
+        self._max_message_bytes = max_message_bytes
+        self._listeners: list[Listener] = []
+
+    def add_listener(self, listener: Listener) -> None:
+        """Called on the event loop for session events (OSC notifications use it)."""
+        self._listeners.append(listener)
+
+    def _notify(self, session_id: str, event: str, **values: Any) -> None:
+        for listener in self._listeners:
+            try:
+                listener(session_id, event, values)
+            except Exception:  # a notification must never break a stream
+                log.exception("session listener failed")
+
+    async def _require_ready(self, context: grpc.aio.ServicerContext) -> None:
+        if not self.engine.ready:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is warming up or shutting down")
+
+    # ------------------------------------------------------------------ unary calls
+
+    async def ListModels(  # noqa: N802 (gRPC method names)
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=[model_message(m) for m in self.engine.models()])
+
+    async def SetParameters(  # noqa: N802 (gRPC method names)
+        self, request: pb.SetParametersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetParametersResponse:
+        try:
+            self.engine.set_parameters(request.session_id, **parameters_dict(request.parameters))
+        except errors.EngineError as err:
+            await abort_for(context, err)
+        self._notify(request.session_id, "status", code="PARAMETERS_APPLIED", message="SetParameters")
+        return pb.SetParametersResponse()
+
+    async def GetStats(self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext) -> pb.GetStatsResponse:  # noqa: N802 (gRPC method names)
+        stats = self.engine.stats()
+        models = [
+            pb.ModelStats(
+                name=name,
+                windows=int(m.get("windows", m.get("items", 0))),
+                batches=int(m.get("batches", 0)),
+                batch_sizes={int(k): int(v) for k, v in m.get("batch_sizes", {}).items()},
+            )
+            for name, m in stats.get("models", {}).items()
+        ]
+        block_ms = stats.get("block_ms", {})
+        extra = dict(stats)
+        if self._extra_stats is not None:
+            extra.update(self._extra_stats())
+        return pb.GetStatsResponse(
+            sessions=int(stats.get("sessions", 0)),
+            blocks_in=int(stats.get("blocks_in", 0)),
+            blocks_out=int(stats.get("blocks_out", 0)),
+            blocks_late=int(stats.get("blocks_late", 0)),
+            invalid_samples=int(stats.get("invalid_samples", 0)),
+            models=models,
+            block_ms_p50=float(block_ms.get("p50", 0.0)),
+            block_ms_p99=float(block_ms.get("p99", 0.0)),
+            block_ms_max=float(block_ms.get("max", 0.0)),
+            device_memory_bytes=int(stats.get("device_memory_bytes", 0)),
+            extra_json=json.dumps(extra, default=str),
+        )
+
+    # ------------------------------------------------------------------ Stream
+
+    async def Stream(  # noqa: N802 (gRPC method names)
+        self, request_iterator: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamResponse]:
+        await self._require_ready(context)
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("kind") != "open":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of a Stream must be `open`")
+        assert first is not None
+        open_ = first.open
+        try:
+            info = self.engine.open_session(
+                open_.model,
+                sample_rate=open_.sample_rate,
+                channels=open_.channels,
+                params=parameters_dict(open_.parameters),
+                realtime=True,
+                name=open_.client_name or context.peer(),
+            )
+        except errors.EngineError as err:
+            await abort_for(context, err)
+        session_id = info.id
+        outbox: asyncio.Queue[_Pending | None] = asyncio.Queue(STREAM_WINDOW)
+        reader = asyncio.create_task(self._read_stream(requests, session_id, open_.channels, outbox))
+        self._notify(session_id, "opened", latency=info.latency.total)
+        try:
+            yield pb.StreamResponse(
+                opened=pb.SessionOpened(
+                    session_id=session_id,
+                    latency=latency_message(info.latency),
+                    model=model_message(self.engine.model_info(open_.model)),
+                    sources=list(info.stems),
+                )
+            )
+            late = False
+            while (item := await outbox.get()) is not None:
+                if item.kind == "error":
+                    assert item.error is not None
+                    await abort_for(context, item.error)
+                if item.kind == "message":
+                    assert item.message is not None
+                    yield item.message
+                    continue
+                assert item.future is not None
+                try:
+                    result = await asyncio.wrap_future(item.future)
+                except errors.EngineError as err:
+                    await abort_for(context, err)
+                if item.kind == "reset":
+                    yield status_response(pb.SessionStatus.RESET_DONE, "model state cleared")
+                    continue
+                if result.invalid_samples:
+                    text = f"{result.invalid_samples} NaN/Inf samples replaced by zeros"
+                    yield status_response(pb.SessionStatus.INVALID_SAMPLES, text, item.seq, result.invalid_samples)
+                    self._notify(session_id, "status", code="INVALID_SAMPLES", message=text)
+                if result.late and not late:
+                    text = f"block {item.seq} took {result.processing_ms:.1f} ms: the server is behind real time"
+                    yield status_response(pb.SessionStatus.OVERLOADED, text, item.seq)
+                    self._notify(session_id, "status", code="OVERLOADED", message=text)
+                late = result.late
+                yield pb.StreamResponse(block=stem_block(item.seq, item.position, result, open_.return_stems))
+                if item.kind == "flush":
+                    yield status_response(pb.SessionStatus.FLUSHED, "tail drained, model state cleared", item.seq)
+        finally:
+            # Normal end, error, or a client that went away (this coroutine is then
+            # cancelled): the session is freed either way.
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            self.engine.close(session_id)
+            self._notify(session_id, "closed")
+            log.info("session %s closed (%s)", session_id, "cancelled" if context.cancelled() else "ended")
+
+    async def _read_stream(
+        self,
+        requests: AsyncIterator[pb.StreamRequest],
+        session_id: str,
+        channels: int,
+        outbox: asyncio.Queue[_Pending | None],
+    ) -> None:
+        """Submit every request in order; queue what the call owes for each. Ends with None."""
+        next_seq = next_position = 0
+        try:
+            async for request in requests:
+                kind = request.WhichOneof("kind")
+                if kind == "block":
+                    block = request.block
+                    audio = pcm.decode(block.pcm, channels, block.frames or None)
+                    if audio.shape[1] == 0:
+                        raise pcm.PcmError("an audio block needs at least one frame")
+                    future = self.engine.submit(session_id, block.seq, audio)
+                    await outbox.put(_Pending("block", future, block.seq, block.position))
+                    next_seq, next_position = block.seq + 1, block.position + audio.shape[1]
+                elif kind == "parameters":
+                    self.engine.set_parameters(session_id, **parameters_dict(request.parameters))
+                    # Blocks submitted from here on use them: the change lands at this block boundary.
+                    message = status_response(pb.SessionStatus.PARAMETERS_APPLIED, "", next_seq)
+                    await outbox.put(_Pending("message", message=message))
+                elif kind == "control" and request.control.kind == pb.Control.RESET:
+                    await outbox.put(_Pending("reset", self.engine.reset(session_id)))
+                elif kind == "control" and request.control.kind == pb.Control.FLUSH:
+                    future = self.engine.flush(session_id, next_seq)
+                    await outbox.put(_Pending("flush", future, next_seq, next_position))
+                    next_seq += 1
+                elif kind == "control":
+                    raise errors.InvalidParameterError(f"unknown control kind {request.control.kind}")
+                else:
+                    raise errors.InvalidParameterError(f"unexpected `{kind}` message after `open`")
+        except (errors.EngineError, pcm.PcmError) as err:
+            await outbox.put(_Pending("error", error=err))
+            return
+        await outbox.put(None)
+
+    # ------------------------------------------------------------------ Separate
+
+    async def Separate(  # noqa: N802 (gRPC method names)
+        self, request_iterator: AsyncIterator[pb.SeparateRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SeparateResponse]:
+        """Whole-file separation through an offline (low-priority) session.
+
+        The session's output is delayed by its latency L: the first L output
+        frames are dropped and a final flush returns the last L, so chunks come
+        back aligned with the input and exactly as long.
+        """
+        await self._require_ready(context)
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("kind") != "start":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of Separate must be `start`")
+        assert first is not None
+        start = first.start
+        try:
+            info = self.engine.open_session(
+                start.model,
+                sample_rate=start.sample_rate,
+                channels=start.channels,
+                params={"stems": list(start.stems)} if start.stems else None,
+                realtime=False,
+                name=f"separate:{context.peer()}",
+            )
+        except errors.EngineError as err:
+            await abort_for(context, err)
+        names = list(info.stems)
+        # Frames per answer so that every stem of it fits in one message (with room for framing).
+        max_frames = max(1, (self._max_message_bytes - 4096) // (4 * start.channels * len(names)))
+        total = start.total_frames
+        skip = info.latency.total  # output frames that precede the input's first frame
+        done = seq = received = 0
+        in_flight: deque[Future[BlockResult]] = deque()
+
+        def take(stems: np.ndarray) -> np.ndarray:
+            nonlocal skip
+            drop = min(skip, stems.shape[-1])
+            skip -= drop
+            return stems[..., drop:]
+
+        try:
+            yield pb.SeparateResponse(
+                started=pb.SeparateStarted(stems=names, sample_rate=start.sample_rate, channels=start.channels)
+            )
+            async for request in requests:
+                try:
+                    if request.WhichOneof("kind") != "pcm":
+                        raise errors.InvalidParameterError("expected audio (`pcm`) after `start`")
+                    audio = pcm.decode(request.pcm, start.channels)
+                    if audio.shape[1] == 0:
+                        continue
+                    in_flight.append(self.engine.submit(info.id, seq, audio))
+                    seq += 1
+                    received += audio.shape[1]
+                    while len(in_flight) > SEPARATE_WINDOW:
+                        stems = take((await asyncio.wrap_future(in_flight.popleft())).stems)
+                        for message in chunk_messages(done, stems, names, max_frames):
+                            yield message
+                        done += stems.shape[-1]
+                        yield pb.SeparateResponse(progress=pb.Progress(frames_done=done, total_frames=total))
+                except (errors.EngineError, pcm.PcmError) as err:
+                    await abort_for(context, err)
+            try:
+                while in_flight:
+                    stems = take((await asyncio.wrap_future(in_flight.popleft())).stems)
+                    for message in chunk_messages(done, stems, names, max_frames):
+                        yield message
+                    done += stems.shape[-1]
+                tail = (await asyncio.wrap_future(self.engine.flush(info.id, seq))).stems
+            except errors.EngineError as err:
+                await abort_for(context, err)
+            # The tail holds the estimates of the last L input frames; those not yet sent follow `skip`.
+            stems = take(tail)[..., : received - done]
+            for message in chunk_messages(done, stems, names, max_frames):
+                yield message
+            done += stems.shape[-1]
+            yield pb.SeparateResponse(progress=pb.Progress(frames_done=done, total_frames=total or done))
+        finally:
+            for future in in_flight:
+                future.cancel()
+            self.engine.close(info.id)
+
+
+def stem_block(seq: int, position: int, result: BlockResult, return_stems: bool) -> pb.StemBlock:
+    stems = []
+    if return_stems:
+        stems = [pb.Stem(name=n, pcm=pcm.encode(s)) for n, s in zip(result.stem_names, result.stems, strict=True)]
+    return pb.StemBlock(
+        seq=seq,
+        position=position,
+        frames=result.output.shape[1],
+        pcm=pcm.encode(result.output),
+        stems=stems,
+        late=result.late,
+    )
+
+
+def chunk_messages(position: int, stems: np.ndarray, names: list[str], max_frames: int) -> list[pb.SeparateResponse]:
+    """``(S, C, n)`` stems at input frame ``position`` -> StemChunk answers of at most ``max_frames``."""
+    out = []
+    for start in range(0, stems.shape[-1], max_frames):
+        piece = stems[..., start : start + max_frames]
+        out.append(
+            pb.SeparateResponse(
+                chunk=pb.StemChunk(
+                    position=position + start,
+                    frames=piece.shape[-1],
+                    stems=[pb.Stem(name=n, pcm=pcm.encode(s)) for n, s in zip(names, piece, strict=True)],
+                )
+            )
+        )
+    return out

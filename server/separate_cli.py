@@ -1,0 +1,80 @@
+"""``stemserve separate FILE``: stems of a file via a server, or an embedded one.
+
+Without ``--server`` an embedded server starts in-process on an ephemeral
+loopback port and the file goes through the very same gRPC path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from server.serve_cli import add_engine_arguments
+
+    parser.add_argument("file", type=Path, nargs="?", help="audio file to separate (default: the bundled demo clip)")
+    parser.add_argument("--server", default=None, help="host:port of a running server (default: embedded)")
+    parser.add_argument("--token", default=os.environ.get("STEMSERVE_TOKEN"), help="bearer token for --server")
+    parser.add_argument("--stems", default="", help="comma-separated stems to write (default: all)")
+    parser.add_argument("--out", type=Path, default=Path("stems"), help="output folder (default: ./stems)")
+    parser.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the server to be ready")
+    add_engine_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    import soundfile as sf
+    from tqdm import tqdm
+
+    from plugin_bridge.client import StemClient, StemServeError
+
+    path: Path = args.file or demo_clip()
+    if not path.is_file():
+        print(f"stemserve separate: {path}: no such file", file=sys.stderr)
+        return 2
+    stems = [s.strip() for s in args.stems.split(",") if s.strip()]
+    embedded = None
+    address = args.server
+    if address is None:
+        from server.embedded import EmbeddedServer
+        from server.serve_cli import build_engine, default_models, load_untrained, parse_models
+
+        engine = build_engine(args)
+        models = load_untrained(engine, parse_models(args.model) or default_models())
+        embedded = EmbeddedServer(engine, models)
+        address = embedded.start()
+    written: dict[str, Path] = {}
+    try:
+        with StemClient(address, token=args.token if args.server else None) as client:
+            client.wait_serving(timeout=args.wait)
+            names = [m.name for m in client.list_models()]
+            if not names and not args.model:
+                raise StemServeError("NOT_FOUND", f"the server at {address} holds no models")
+            model = args.model[0].partition("=")[0] if args.model else names[0]
+            bar = tqdm(total=0, unit="frames", unit_scale=True, desc=f"{path.name} [{model}]")
+
+            def progress(done: int, total: int) -> None:
+                bar.total = total or None
+                bar.n = done
+                bar.refresh()
+
+            written = client.separate_file(path, args.out, model, stems, progress)
+            bar.close()
+    except StemServeError as err:
+        print(f"stemserve separate: {err}", file=sys.stderr)
+        return 1
+    except (OSError, sf.SoundFileError) as err:  # unreadable input, unwritable output
+        print(f"stemserve separate: {err}", file=sys.stderr)
+        return 1
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    for name, out in written.items():
+        print(f"{name}: {out}")
+    return 0
+
+
+def demo_clip() -> Path:
+    return Path(__file__).resolve().parent.parent / "models" / "demo" / "demo.wav"
