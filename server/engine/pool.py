@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "models" / "weights"
 WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors")
+DEFAULT_BUNDLED = "conditioned_unet"  # the DAW default: listed (and chosen) first
 TIMED_RUNS = 3
 
 
@@ -51,10 +52,16 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def bundled_models() -> dict[str, str | None]:
-    """The bundled weights in ``models/weights/``: ``{file stem: path}`` (empty if none)."""
+    """The bundled weights in ``models/weights/``: ``{file stem: path}`` (empty if none).
+
+    :data:`DEFAULT_BUNDLED` comes first, so clients that take the first listed model
+    (``stemserve separate`` without ``--model``) get the music default.
+    """
     if not WEIGHTS_DIR.is_dir():
         return {}
-    return {p.stem: str(p) for p in sorted(WEIGHTS_DIR.iterdir()) if p.suffix in WEIGHT_SUFFIXES and p.is_file()}
+    files = [p for p in WEIGHTS_DIR.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file()]
+    files.sort(key=lambda p: (p.stem != DEFAULT_BUNDLED, p.stem))
+    return {p.stem: str(p) for p in files}
 
 
 class LoadedModel:
