@@ -42,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
         from server.serve_cli import build_engine, default_models, load_untrained, parse_models
 
         engine = build_engine(args)
-        models = load_untrained(engine, parse_models(args.model) or default_models())
+        # Without --model only the default (first bundled) model is loaded: the others
+        # would cost warm-up time and never be used by this one file.
+        models = load_untrained(engine, parse_models(args.model) or dict(list(default_models().items())[:1]))
         embedded = EmbeddedServer(engine, models)
         address = embedded.start()
     written: dict[str, Path] = {}
