@@ -146,13 +146,6 @@ class SpectrogramStream(Stream):
                 self._skip = 0
             self._out.append(out)
 
-    def pull(self) -> torch.Tensor:
-        if not self._out:
-            return torch.zeros(len(self.stems), self.channels, 0)
-        out = torch.cat(self._out, dim=-1)
-        self._out = []
-        return out
-
 
 class SpectrogramStreamer(Streamer):
     """Per-model factory for :class:`SpectrogramStream` (spectrogram models)."""

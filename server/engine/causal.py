@@ -78,13 +78,6 @@ class CausalStream(Stream):
             self._step = {}
             self._missing = len(self._slots)
 
-    def pull(self) -> torch.Tensor:
-        if not self._out:
-            return torch.zeros(len(self.stems), self.channels, 0)
-        out = torch.cat(self._out, dim=-1)
-        self._out = []
-        return out
-
 
 class CausalStreamer(Streamer):
     """Per-model factory for :class:`CausalStream`."""

@@ -73,13 +73,6 @@ class ChunkStream(Stream):
         self._open += 1
         self._missing = len(self._slots)
 
-    def pull(self) -> torch.Tensor:
-        if not self._out:
-            return torch.zeros(len(self.stems), self.channels, 0)
-        out = torch.cat(self._out, dim=-1)
-        self._out = []
-        return out
-
 
 class ChunkedOverlap(Streamer):
     """Per-model factory for :class:`ChunkStream` (non-causal waveform models)."""

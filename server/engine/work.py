@@ -41,7 +41,15 @@ class ItemSpec:
 
 
 class Stream(ABC):
-    """Per-session streaming state of one model family (model rate and channels)."""
+    """Per-session streaming state of one model family (model rate and channels).
+
+    Subclasses set ``stems`` and ``channels``, and append finished ``(stems, channels, m)``
+    estimates to ``_out`` in stream order; :meth:`pull` hands them over.
+    """
+
+    stems: list[int]
+    channels: int
+    _out: list[torch.Tensor]
 
     @abstractmethod
     def push(self, audio: torch.Tensor) -> list[ItemSpec]:
@@ -54,9 +62,13 @@ class Stream(ABC):
         Items are accepted in the order :meth:`push` returned them.
         """
 
-    @abstractmethod
     def pull(self) -> torch.Tensor:
         """``(stems, channels, m)`` estimates that became final since the last pull (model rate)."""
+        if not self._out:
+            return torch.zeros(len(self.stems), self.channels, 0)
+        out = torch.cat(self._out, dim=-1)
+        self._out = []
+        return out
 
     @abstractmethod
     def reset(self) -> None:
