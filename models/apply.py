@@ -34,6 +34,7 @@ the model part of a streaming session's latency.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -423,6 +424,49 @@ class OverlapAdd:
         return out
 
 
+def unordered_sources(description: ModelDescription) -> bool:
+    """True when the model's outputs have no fixed order (speaker separation, PIT-trained)."""
+    if description.conditioned:
+        return False
+    flag = description.extras.get("unordered_sources")
+    if flag is not None:
+        return bool(flag)
+    return all(name.startswith("speaker") for name in description.sources)
+
+
+class PermutationTracker:
+    """Keeps the output order of an unordered-source model stable from window to window.
+
+    A speaker-separation model names its outputs arbitrarily in each window, so
+    cross-fading window ``j`` into window ``j - 1`` as they come would blend
+    speakers. Before window ``j`` is used, its sources are reordered to best match
+    (least squared difference) window ``j - 1`` on the units both cover, the
+    ``size - hop`` units where they overlap. Window 0 is taken as it is. Offline
+    separation and the streaming engine both run this on the full ``(sources,
+    *rest, size)`` estimate of each window in order, so they agree.
+    """
+
+    def __init__(self, plan: WindowPlan, sources: int) -> None:
+        self.overlap = plan.size - plan.hop
+        self.orders = [list(p) for p in itertools.permutations(range(sources))]
+        self._previous: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        self._previous = None
+
+    def align(self, estimate: torch.Tensor) -> torch.Tensor:
+        """``(sources, *rest, size)`` -> the same with sources reordered."""
+        if self.overlap > 0 and self._previous is not None and len(self.orders) > 1:
+            before = self._previous[..., -self.overlap :]
+            now = estimate[..., : self.overlap]
+            costs = [float((now[order] - before).pow(2).sum()) for order in self.orders]
+            best = self.orders[min(range(len(costs)), key=costs.__getitem__)]
+            if best != self.orders[0]:
+                estimate = estimate[best]
+        self._previous = estimate
+        return estimate
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -455,12 +499,14 @@ def overlap_windows(
     stems: int,
     batch_size: int = 16,
     progress: Progress | None = None,
+    unordered: bool = False,
 ) -> torch.Tensor:
     """Run ``run`` on the plan's windows over ``x`` and overlap-add the estimates.
 
     Args:
         x: ``(*rest, units)``; units outside ``[0, units)`` are zeros (silence).
         run: ``(B, *rest, size)`` -> ``(B, stems, *rest, size)``.
+        unordered: keep the sources' order consistent across windows (:class:`PermutationTracker`).
     Returns:
         ``(stems, *rest, units)`` estimates.
     """
@@ -470,13 +516,14 @@ def overlap_windows(
     right = max(0, plan.start(count - 1) + plan.size - units) if count else 0
     padded = F.pad(x, (left, right))
     acc = OverlapAdd(plan, stems, tuple(x.shape[:-1]), dtype=x.dtype, device=x.device)
+    tracker = PermutationTracker(plan, stems) if unordered else None
     pieces = []
     for first in range(0, count, batch_size):
         idx = range(first, min(count, first + batch_size))
         batch = torch.stack([padded[..., plan.start(j) + left : plan.start(j) + left + plan.size] for j in idx])
         est = run(batch).to(x.dtype)
         for b in range(est.shape[0]):
-            acc.add(est[b])
+            acc.add(est[b] if tracker is None else tracker.align(est[b]))
             pieces.append(acc.complete())
         if progress is not None:
             progress(min(count, first + batch_size), count)
@@ -530,7 +577,9 @@ def separate_signal(
         if d.domain == "spectrogram":
             out = _separate_spectrogram(model, x, chosen, targets, stems, batch_size, progress)
         else:
-            out = overlap_windows(chosen, x, lambda b: _run(model, b, targets), stems, batch_size, progress)
+            out = overlap_windows(
+                chosen, x, lambda b: _run(model, b, targets), stems, batch_size, progress, unordered_sources(d)
+            )
     if target is not None and targets is None:
         out = out[target : target + 1]
     return out[..., :length].to(wav.device)
@@ -553,6 +602,7 @@ def _separate_spectrogram(
     padded_length = (frames - 1) * hop + n_fft
     spec = stft(F.pad(x, (pad_left, padded_length - pad_left - length)), n_fft, hop)  # (C, F, K)
     mag, phase = magnitude_phase(spec)
-    est = overlap_windows(plan, mag, lambda b: _run(model, b, targets), stems, batch_size, progress)  # (S, C, F, K)
+    unordered = unordered_sources(model.describe())
+    est = overlap_windows(plan, mag, lambda b: _run(model, b, targets), stems, batch_size, progress, unordered)
     out = istft(est * phase, n_fft, hop)  # (S, C, padded_length)
     return out[..., pad_left : pad_left + length]

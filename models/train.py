@@ -265,6 +265,33 @@ class TrainingObjective(nn.Module):
 # --------------------------------------------------------------------------- data
 
 
+AUDIBLE_TARGET_SHARE = 0.8  # conditioned training: share of items whose target is audible in the window
+AUDIBLE = 1e-6  # mean square above which a stem counts as audible in a window (-60 dBFS)
+
+
+def draw_targets(
+    stems: torch.Tensor, frame_offset: torch.Tensor | None, description: ModelDescription, generator: torch.Generator
+) -> torch.Tensor:
+    """One target per item ``(B,)`` for a conditioned model, mostly among the audible stems.
+
+    Drawn uniformly over all stems, a target is silent in a short window most of the
+    time (a song's lead or bass pauses for whole sections, augmentation drops stems),
+    and an L1 loss then drives that target's mask to zero everywhere. So
+    ``AUDIBLE_TARGET_SHARE`` of the items draw among the stems audible in their
+    window, the rest among all stems (the model still learns to output silence).
+    """
+    batch, sources = stems.shape[0], stems.shape[1]
+    window = stems
+    if frame_offset is not None and description.hop_length is not None and description.window_samples is not None:
+        starts = (frame_offset * description.hop_length).tolist()
+        window = torch.stack([stems[b, ..., s : s + description.window_samples] for b, s in enumerate(starts)])
+    audible = window.pow(2).mean(dim=(2, 3)) > AUDIBLE  # (B, S)
+    anywhere = torch.rand(batch, generator=generator) >= AUDIBLE_TARGET_SHARE
+    allowed = audible | anywhere[:, None] | ~audible.any(dim=1, keepdim=True)
+    weights = allowed.float() + 1e-12 * torch.rand(batch, sources, generator=generator)
+    return torch.multinomial(weights, 1, generator=generator)[:, 0]
+
+
 def make_datasets(
     description: ModelDescription, task: Task, data: str, seed: int, augment: bool
 ) -> tuple[MusicStems | SpeechMixtures, MusicStems | SpeechMixtures]:
@@ -516,7 +543,7 @@ def train(options: TrainOptions, on_step: Callable[[int, float], None] | None = 
                 room = (mixture.shape[-1] - description.window_samples) // description.hop_length + 1
                 frame_offset = torch.randint(room, (mixture.shape[0],), generator=generator)
             if task.objective == "conditioned":
-                target = torch.randint(num_sources, (mixture.shape[0],), generator=generator).to(device)
+                target = draw_targets(stems, frame_offset, description, generator).to(device)
             mixture = mixture.to(device, non_blocking=True)
             stems = stems.to(device, non_blocking=True)
             loss = objective(mixture, stems, frame_offset, target)

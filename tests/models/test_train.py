@@ -195,3 +195,19 @@ def test_torchrun_ddp_on_two_cpu_processes(data: dict[str, Path], tmp_path: Path
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1  # only rank 0 reports
     assert json.loads(lines[0])["step"] == 4 and out.is_file()
+
+
+def test_conditioned_targets_are_mostly_drawn_among_audible_stems() -> None:
+    from models.train import AUDIBLE_TARGET_SHARE, draw_targets
+
+    model = registry.build("conditioned_unet", {**TINY_UNET, "film_hidden": 8})
+    d = model.describe()
+    assert d.window_samples is not None
+    stems = torch.zeros(400, 4, d.audio_channels, d.window_samples)
+    stems[:, 1] = torch.randn(400, d.audio_channels, d.window_samples)  # only stem 1 is audible
+    targets = draw_targets(stems, torch.zeros(400, dtype=torch.long), d, torch.Generator().manual_seed(0))
+    share = float((targets == 1).float().mean())
+    # AUDIBLE_TARGET_SHARE always pick stem 1; the rest pick uniformly (1 in 4 of them is stem 1 too).
+    expected = AUDIBLE_TARGET_SHARE + (1 - AUDIBLE_TARGET_SHARE) / 4
+    assert abs(share - expected) < 0.06
+    assert set(targets.tolist()) == {0, 1, 2, 3}  # silent targets still occur: the model learns silence

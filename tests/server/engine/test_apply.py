@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from models import registry
-from models.apply import OverlapAdd, WindowPlan, causal_plan, plan_for, separate_signal, window_plan
+from models.apply import (
+    OverlapAdd,
+    WindowPlan,
+    causal_plan,
+    overlap_windows,
+    plan_for,
+    separate_signal,
+    unordered_sources,
+    window_plan,
+)
 from tests.server.engine.tiny_models import (
     TinyCausalConfig,
     TinyCausalNet,
@@ -147,3 +156,36 @@ def test_chunked_identity_and_latency() -> None:
 def test_wrong_shape_is_refused_before_work() -> None:
     with pytest.raises(ValueError, match="expected wav"):
         separate_signal(TinyCausalNet(TinyCausalConfig()), torch.randn(2, 100))
+
+
+def test_unordered_sources_keep_one_order_across_windows() -> None:
+    """A speaker model may name its outputs in any order per window; the windows are re-ordered
+    to agree where they overlap, so the result equals that of a model with a fixed order."""
+    plan = WindowPlan(size=16, hop=4, lookahead=4)
+    signal = torch.randn(2, 200)  # (rest, units): two different "speakers" as stand-ins
+
+    def fixed(batch: torch.Tensor) -> torch.Tensor:  # (B, 2, size) -> (B, 2 sources, 2, size)
+        return torch.stack([batch, 0.5 * batch.flip(1)], dim=1)
+
+    calls = {"n": 0}
+
+    def shuffled(batch: torch.Tensor) -> torch.Tensor:
+        out = fixed(batch)
+        flips = torch.tensor([(calls["n"] + b) % 3 == 1 for b in range(batch.shape[0])])
+        calls["n"] += batch.shape[0]
+        out[flips] = out[flips].flip(1)
+        return out
+
+    expected = overlap_windows(plan, signal, fixed, 2, batch_size=5)
+    plain = overlap_windows(plan, signal, shuffled, 2, batch_size=5)
+    calls["n"] = 0
+    tracked = overlap_windows(plan, signal, shuffled, 2, batch_size=5, unordered=True)
+    assert torch.allclose(tracked, expected, atol=1e-6)
+    assert not torch.allclose(plain, expected, atol=1e-3)  # without tracking, speakers blend
+
+
+def test_speaker_models_are_unordered_and_music_models_are_not() -> None:
+    assert unordered_sources(registry.build("chimera").describe())
+    assert unordered_sources(registry.build("conv_tasnet").describe())
+    assert not unordered_sources(registry.build("conditioned_unet").describe())
+    assert not unordered_sources(registry.build("wave_unet").describe())
