@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from models.apply import OverlapAdd, WindowPlan
+from models.apply import OverlapAdd, PermutationTracker, WindowPlan, unordered_sources
 from models.description import ModelDescription
 from models.stft import hann_window, magnitude_phase, num_frames, stft
 from server.engine.pool import LoadedModel
@@ -57,6 +57,7 @@ class SpectrogramStream(Stream):
         self.stems = list(stems)
         self.bins = self.n_fft // 2 + 1
         self._slots = stem_slots(description, self.stems)
+        self._description = description
         window = hann_window(self.n_fft)
         self._window = window
         # Steady-state sum of squared windows at each offset within a hop: the
@@ -74,6 +75,11 @@ class SpectrogramStream(Stream):
         self._phase_frame = 0
         self._next_window = 0
         self._acc = OverlapAdd(self.plan, len(self.stems), (c, f))
+        self._tracker = (
+            PermutationTracker(self.plan, len(self._description.sources))
+            if unordered_sources(self._description)
+            else None
+        )
         self._open = 0  # window being accumulated
         self._missing = len(self._slots)  # items of that window not yet accepted
         self._unit = self.plan.start(0) + self.plan.first  # first frame the next completion finalises
@@ -107,6 +113,8 @@ class SpectrogramStream(Stream):
         j, slot = key
         if j != self._open:
             raise RuntimeError(f"window {j} accepted while window {self._open} is open")
+        if self._tracker is not None:  # all sources of the window, in a stable order
+            output = self._tracker.align(output)
         for s, estimate in take_stems(output, self.stems, slot):
             self._acc.add_stem(s, estimate)
         self._missing -= 1 if slot >= 0 else len(self._slots)

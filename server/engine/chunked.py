@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from models.apply import OverlapAdd, WindowPlan
+from models.apply import OverlapAdd, PermutationTracker, WindowPlan, unordered_sources
 from models.description import ModelDescription
 from server.engine.work import ItemSpec, SampleBuffer, Stream, Streamer, stem_slots, take_stems
 
@@ -30,6 +30,7 @@ class ChunkStream(Stream):
         self.channels = channels
         self.stems = list(stems)
         self._slots = stem_slots(description, self.stems)
+        self._description = description
         self.reset()
 
     def reset(self) -> None:
@@ -37,6 +38,11 @@ class ChunkStream(Stream):
         self._buffer = SampleBuffer(self.channels, start=min(0, self.plan.start(0)), capacity=2 * self.plan.size)
         self._next_chunk = 0
         self._acc = OverlapAdd(self.plan, len(self.stems), (self.channels,))
+        self._tracker = (
+            PermutationTracker(self.plan, len(self._description.sources))
+            if unordered_sources(self._description)
+            else None
+        )
         self._open = 0
         self._missing = len(self._slots)
         self._unit = self.plan.start(0) + self.plan.first  # first sample the next completion finalises
@@ -58,6 +64,8 @@ class ChunkStream(Stream):
         j, slot = key
         if j != self._open:
             raise RuntimeError(f"chunk {j} accepted while chunk {self._open} is open")
+        if self._tracker is not None:  # all sources of the window, in a stable order
+            output = self._tracker.align(output)
         for s, estimate in take_stems(output, self.stems, slot):
             self._acc.add_stem(s, estimate)
         self._missing -= 1 if slot >= 0 else len(self._slots)
