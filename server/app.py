@@ -109,15 +109,17 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
 
 async def create_server(
     config: ServerConfig, servicer: SeparationServicer
-) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Build, bind and start the gRPC server. Health starts NOT_SERVING."""
     check_exposure(config)
     interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
     server = grpc.aio.server(interceptors=interceptors, options=server_options(config.max_message_bytes))
     stemserve_pb2_grpc.add_SeparationServicer_to_server(servicer, server)
-    health_servicer = health.HealthServicer()
+    # The asyncio health servicer: the threaded one's Watch blocks an executor thread
+    # that nothing wakes when an aio server stops, so the process could never exit.
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    set_serving(health_servicer, False)
+    await set_serving(health_servicer, False)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"{config.host}:{config.port}"
     if config.tls_cert is not None and config.tls_key is not None:
@@ -131,11 +133,11 @@ async def create_server(
     return server, port, health_servicer
 
 
-def set_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
+async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
     """Set the overall status ("") and the Separation service's."""
     status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ("", SERVICE_NAME):
-        health_servicer.set(name, status)
+        await health_servicer.set(name, status)
 
 
 class App:
@@ -155,7 +157,7 @@ class App:
         if self._osc is not None:
             self.servicer.add_listener(self._osc.notify)
         self._server: grpc.aio.Server | None = None
-        self._health: health.HealthServicer | None = None
+        self._health: health.aio.HealthServicer | None = None
         self._stopping = asyncio.Event()
 
     def extra_stats(self) -> dict[str, Any]:
@@ -188,7 +190,7 @@ class App:
 
         await asyncio.to_thread(load)
         if self._health is not None and not self._stopping.is_set():
-            set_serving(self._health, self.engine.ready)
+            await set_serving(self._health, self.engine.ready)
         log.info("serving on %s:%d (ready: %s)", self.config.host, self.port, self.engine.ready)
 
     async def start(self) -> int:
@@ -201,7 +203,7 @@ class App:
         """Drain: NOT_SERVING, stop OSC, give calls ``grace_seconds``, stop the engine."""
         self._stopping.set()
         if self._health is not None:
-            set_serving(self._health, False)
+            await set_serving(self._health, False)
         if self._osc is not None:
             self._osc.stop()
         if self._server is not None:
