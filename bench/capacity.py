@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,11 +131,23 @@ async def _trial(address: str, model: str, sessions: int, frames: int, duration:
 def sustained(address: str, model: str, frames: int, duration: float, limit: int) -> tuple[int, list[Trial]]:
     """Largest N that passes (doubling, then bisection), and every trial run."""
     trials: list[Trial] = []
+    # One event loop for every trial: grpc.aio's poller outlives a loop closed under it.
+    loop = asyncio.new_event_loop()
 
     def passes(n: int) -> bool:
-        trial = asyncio.run(_trial(address, model, n, frames, duration))
+        trial = loop.run_until_complete(_trial(address, model, n, frames, duration))
         trials.append(trial)
         return trial.ok
+
+    try:
+        return _search(passes, limit), trials
+    finally:
+        loop.run_until_complete(asyncio.sleep(0.1))  # let cancelled calls settle
+        loop.close()
+
+
+def _search(passes: Callable[[int], bool], limit: int) -> int:
+    """Largest ``n <= limit`` with ``passes(n)``, assuming it fails from some ``n`` on (0 if 1 fails)."""
 
     good, bad = 0, None
     n = 1
@@ -146,14 +158,14 @@ def sustained(address: str, model: str, frames: int, duration: float, limit: int
             bad = n
             break
     if bad is None:
-        return good, trials
+        return good
     while bad - good > 1:
         mid = (good + bad) // 2
         if passes(mid):
             good = mid
         else:
             bad = mid
-    return good, trials
+    return good
 
 
 def admission_limit(s: Subject, options: Options) -> int:
