@@ -124,8 +124,6 @@ def test_causal_reference_hears_silence_after_the_signal_as_a_flushed_stream_doe
     # The causal Demucs takes frames past its input's end as zero activations, so its
     # last `lookahead` outputs on the bare signal differ from the signal followed by
     # silence; the reference (and so the stream's flush) is the latter.
-    if "demucs_causal" not in registry.presets():
-        pytest.skip("demucs_causal not registered")
     config = {"channels": 4, "depth": 2, "lstm_layers": 1, "samplerate": 8000, "audio_channels": 1}
     model = registry.build("demucs_causal", config).eval()
     lookahead = model.describe().lookahead
