@@ -35,8 +35,6 @@ def test_every_item_is_listed() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("item", list(ITEMS))
 def test_item_runs_tiny_and_writes_json_and_png(item: str, tmp_path: Path) -> None:
-    if item == "peers":
-        pytest.importorskip("demucs.demucs", reason="demucs (bench oracle) is not installed")
     assert main(["bench", item, "--tiny", "--out", str(tmp_path)]) == 0
 
     document = json.loads((tmp_path / f"{item}.json").read_text())

@@ -16,14 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import demucs.demucs as package_demucs  # test-only oracle, installed by scripts/install-deps
+import demucs.states as package_states
 import pytest
 import torch
 
 from models.checkpoint import load_model
 from models.demucs import Demucs, DemucsConfig, load_official
-
-package_demucs = pytest.importorskip("demucs.demucs", reason="demucs (test-only oracle) is not installed")
-package_states = pytest.importorskip("demucs.states", reason="demucs (test-only oracle) is not installed")
 
 SOURCES = ["drums", "bass", "other", "vocals"]
 TOLERANCE = 1e-4

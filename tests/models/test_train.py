@@ -80,13 +80,13 @@ def _options(sets: dict[str, Path], out: Path, preset: str = "unet", **changes: 
     return TrainOptions(**values)
 
 
-def _skip_unless_registered(preset: str) -> None:
+def _assert_registered(preset: str) -> None:
     assert preset in registry.presets(), f"{preset} is not registered"
 
 
 @pytest.mark.parametrize("preset", sorted(TINY))
 def test_every_family_trains_with_a_finite_loss(preset: str, data: dict[str, Path], tmp_path: Path) -> None:
-    _skip_unless_registered(preset)
+    _assert_registered(preset)
     result = train(_options(data, tmp_path / "model.pt", preset))
     assert result.step == 4 and [h["step"] for h in result.history] == [2, 4]
     assert all(torch.isfinite(torch.tensor([h["train_loss"], h["val_loss"]])).all() for h in result.history)
@@ -137,7 +137,7 @@ def test_resume_refuses_another_model_config(data: dict[str, Path], tmp_path: Pa
 def test_speech_losses_are_permutation_invariant(data: dict[str, Path]) -> None:
     torch.manual_seed(0)
     for preset in ("mask_inference", "chimera", "conv_tasnet"):
-        _skip_unless_registered(preset)
+        _assert_registered(preset)
         model = registry.build(preset, TINY[preset][1]).eval()
         objective = TrainingObjective(model, choose_task(model, TINY[preset][2]))
         mixture = torch.randn(2, 1, objective.task.segment_samples)

@@ -10,24 +10,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
 
+import jack  # JACK-Client (the bridge extra); jackd comes from scripts/install-deps
 import numpy as np
 import pytest
 
 from tests.plugin_bridge.servers import ROOT, free_port, start_process
 
-jack = pytest.importorskip("jack", reason="needs the JACK-Client package")
-pytestmark = [
-    pytest.mark.jack,
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("jackd") is None, reason="needs jackd (Debian jackd2)"),
-]
+pytestmark = [pytest.mark.jack, pytest.mark.slow]
 
 RATE = 48000
 PERIOD = 256

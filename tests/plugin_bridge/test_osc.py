@@ -4,7 +4,6 @@ block after the next block boundary; bad values are logged and ignored."""
 from __future__ import annotations
 
 import logging
-import shutil
 import subprocess
 import time
 
@@ -17,7 +16,6 @@ from plugin_bridge.osc import OscListener
 from tests.plugin_bridge.servers import CHANNELS, RATE
 
 BLOCK = 512
-pytestmark = pytest.mark.skipif(shutil.which("oscsend") is None, reason="needs oscsend (liblo-tools)")
 
 
 def oscsend(port: int, address: str, types: str = "", *values: object) -> None:

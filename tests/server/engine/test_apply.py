@@ -29,7 +29,6 @@ BUDGET_SAMPLES_44K = 11025  # the product limit: 250 ms at 44.1 kHz
 
 
 def unet_description(window_frames: int | None = None):
-    pytest.importorskip("models.unet")
     overrides = {} if window_frames is None else {"window_frames": window_frames}
     return registry.build("unet", overrides).describe()
 
