@@ -57,6 +57,14 @@ class Separator(nn.Module):
         return config_to_dict(self.config)
 
 
+def check_waveform(wav: torch.Tensor, channels: int) -> None:
+    """Raise ValueError unless ``wav`` is a floating-point ``(batch, channels, samples >= 1)`` tensor."""
+    if wav.dim() != 3 or wav.shape[1] != channels or wav.shape[2] < 1:
+        raise ValueError(f"expected a waveform (batch, {channels}, samples >= 1), got {tuple(wav.shape)}")
+    if not wav.is_floating_point():
+        raise ValueError(f"expected a floating-point waveform, got {wav.dtype}")
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     """A dataclass config as a dict of primitives (tuples become lists)."""
     out: dict[str, Any] = {}

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Separator
+from models.base import Separator, check_waveform
 from models.description import ModelDescription
 from models.registry import register
 
@@ -316,16 +316,9 @@ class ConvTasNet(Separator):
         )
         self.decoder = nn.ConvTranspose1d(c.N, 1, c.L, stride=c.stride, bias=False)
 
-    def _check(self, wav: torch.Tensor) -> None:
-        channels = self.config.audio_channels
-        if wav.dim() != 3 or wav.shape[1] != channels or wav.shape[2] < 1:
-            raise ValueError(f"expected a waveform (batch, {channels}, samples >= 1), got {tuple(wav.shape)}")
-        if not wav.is_floating_point():
-            raise ValueError(f"expected a floating-point waveform, got {wav.dtype}")
-
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         """Separate ``(batch, channels, samples)`` into ``(batch, sources, channels, samples)``."""
-        self._check(wav)
+        check_waveform(wav, self.config.audio_channels)
         c = self.config
         batch, channels, samples = wav.shape
         stride = c.stride

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Separator
+from models.base import Separator, check_waveform
 from models.description import ModelDescription
 from models.registry import register
 
@@ -191,16 +191,9 @@ class WaveUNet(Separator):
         difference = c.output == "difference"
         self.output = OutputLayer(widths[0] + c.audio_channels, c.audio_channels, len(c.sources), difference)
 
-    def _check(self, wav: torch.Tensor) -> None:
-        channels = self.config.audio_channels
-        if wav.dim() != 3 or wav.shape[1] != channels or wav.shape[2] < 1:
-            raise ValueError(f"expected a waveform (batch, {channels}, samples >= 1), got {tuple(wav.shape)}")
-        if not wav.is_floating_point():
-            raise ValueError(f"expected a floating-point waveform, got {wav.dtype}")
-
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         """Separate ``(batch, channels, samples)`` into ``(batch, sources, channels, samples)``."""
-        self._check(wav)
+        check_waveform(wav, self.config.audio_channels)
         samples = wav.shape[-1]
         x = F.pad(wav, (0, (-samples) % (2**self.config.L)))  # (batch, C, T), T a multiple of 2^L
         mixture = x
