@@ -98,15 +98,16 @@ class SpectrogramStream(Stream):
         self._pending = buf[:, count * self.hop :]
         items: list[ItemSpec] = []
         size = self.plan.size
+        history = torch.cat([self._mags, mags], dim=-1)  # the last `size` frames, then this push's `count`
         for i in range(count):
-            self._mags = torch.cat([self._mags[..., 1:], mags[..., i : i + 1]], dim=-1)
             self._phases.append(phases[..., i])
             self._frames += 1
             if self.plan.start(self._next_window) + size <= self._frames:
-                window = self._mags.clone()  # frames [frames - size, frames)
+                window = history[..., i + 1 : i + 1 + size].clone()  # frames [frames - size, frames)
                 j = self._next_window
                 self._next_window += 1
                 items.extend(ItemSpec(window, target, (j, slot)) for target, slot in self._slots)
+        self._mags = history[..., -size:].clone()
         return items
 
     def accept(self, key: Any, output: torch.Tensor) -> None:
