@@ -15,6 +15,11 @@ from typing import Any, Literal
 Domain = Literal["spectrogram", "waveform"]
 
 
+def window_span(window_frames: int, hop_length: int, n_fft: int) -> int:
+    """Samples covered by ``window_frames`` STFT frames of ``n_fft`` samples, ``hop_length`` apart."""
+    return (window_frames - 1) * hop_length + n_fft
+
+
 @dataclass(frozen=True)
 class ModelDescription:
     """The contract between a network and the server.
@@ -85,7 +90,7 @@ class ModelDescription:
         if self.domain != "spectrogram":
             return None
         assert self.n_fft is not None and self.hop_length is not None and self.window_frames is not None
-        return (self.window_frames - 1) * self.hop_length + self.n_fft
+        return window_span(self.window_frames, self.hop_length, self.n_fft)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of primitives (lists, not tuples) for JSON and checkpoints."""

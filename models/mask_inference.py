@@ -9,7 +9,7 @@ from torch import nn
 
 from models.base import Separator
 from models.blstm import BLSTMTrunk
-from models.description import ModelDescription
+from models.description import ModelDescription, window_span
 from models.registry import register
 
 SPEAKERS = ("speaker1", "speaker2")
@@ -63,7 +63,7 @@ class RecurrentSpectrogramModel(Separator):
 
     def describe(self) -> ModelDescription:
         cfg = self.config
-        span = (cfg.window_frames - 1) * cfg.hop_length + cfg.n_fft
+        span = window_span(cfg.window_frames, cfg.hop_length, cfg.n_fft)
         return ModelDescription(
             architecture=self.architecture,
             sources=cfg.sources,

@@ -42,7 +42,7 @@ from torch import nn
 from models.base import Separator
 from models.checkpoint import FORMAT as STEMSERVE_FORMAT
 from models.checkpoint import CheckpointError
-from models.description import ModelDescription
+from models.description import ModelDescription, window_span
 from models.registry import register
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def _describe(architecture: str, sources: tuple[str, ...], cfg: OpenUnmixHyperpa
     * receptive field: None, the LSTM state reaches back without bound (the causal
       variant is streamed with carried state, see :meth:`OpenUnmix.separate_stream`).
     """
-    span = (cfg.window_frames - 1) * cfg.hop_length + cfg.n_fft
+    span = window_span(cfg.window_frames, cfg.hop_length, cfg.n_fft)
     lookahead = cfg.n_fft - 1 if cfg.unidirectional else span - 1
     return ModelDescription(
         architecture=architecture,

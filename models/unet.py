@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from models.base import Separator
-from models.description import ModelDescription
+from models.description import ModelDescription, window_span
 from models.registry import register
 
 MUSIC_SOURCES = ("vocals", "drums", "bass", "other")
@@ -203,7 +203,7 @@ class _SpectrogramUNet(Separator):
 
     def describe(self) -> ModelDescription:
         cfg = self.config
-        span = (cfg.window_frames - 1) * cfg.hop_length + cfg.n_fft
+        span = window_span(cfg.window_frames, cfg.hop_length, cfg.n_fft)
         return ModelDescription(
             architecture=self.architecture,
             sources=cfg.sources,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Separator
-from models.description import ModelDescription
+from models.description import ModelDescription, window_span
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class TinySpecNet(Separator):
 
     def describe(self) -> ModelDescription:
         cfg = self.config
-        span = (cfg.window_frames - 1) * cfg.hop_length + cfg.n_fft
+        span = window_span(cfg.window_frames, cfg.hop_length, cfg.n_fft)
         return ModelDescription(
             architecture=self.architecture,
             sources=cfg.sources,
