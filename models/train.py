@@ -55,7 +55,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from models import losses, registry
 from models.base import Separator
-from models.checkpoint import save_checkpoint
+from models.checkpoint import load_checkpoint, save_checkpoint
 from models.data import music
 from models.data.augment import AugmentConfig, generator_for
 from models.data.datasets import DataError, MusicStems, SpeechMixtures
@@ -97,6 +97,9 @@ class TrainOptions:
     valid_items: int | None = None  # cap on validation examples (evenly spread), None = all
     augment: bool = True
     progress: bool = True
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_min: float = 0.0  # the cosine schedule's last learning rate
+    init: str | None = None  # checkpoint whose weights start the run (fresh optimiser and step count)
     command: str = ""  # the command line, stored in the checkpoint's metadata
 
     def __post_init__(self) -> None:
@@ -105,6 +108,10 @@ class TrainOptions:
                 raise TrainError(f"{name} must be >= 1")
         if self.lr <= 0 or self.clip <= 0:
             raise TrainError("lr and clip must be > 0")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise TrainError(f"lr_schedule must be 'constant' or 'cosine', not {self.lr_schedule!r}")
+        if not 0 <= self.lr_min <= self.lr:
+            raise TrainError("lr_min must be in [0, lr]")
         if self.segment is not None and self.segment <= 0:
             raise TrainError("segment must be > 0 seconds")
         if self.workers < 0:
@@ -130,6 +137,14 @@ class Task:
     objective: Objective
     permutation_invariant: bool
     segment_samples: int
+
+
+def learning_rate(options: TrainOptions, step: int) -> float:
+    """The learning rate of optimiser step ``step`` (0-based); a pure function of the step, so resume agrees."""
+    if options.lr_schedule == "constant":
+        return options.lr
+    progress = min(step / max(options.steps - 1, 1), 1.0)
+    return options.lr_min + (options.lr - options.lr_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def state_path(out: str | os.PathLike[str]) -> Path:
@@ -387,6 +402,21 @@ def _broadcast_float(value: float, dist_info: Distributed, device: torch.device)
 # --------------------------------------------------------------------------- state
 
 
+def _warm_start(model: Separator, path: str) -> None:
+    """Copy the weights of checkpoint ``path`` (same preset and config) into ``model``."""
+    try:
+        source = load_checkpoint(path)
+    except (OSError, ValueError) as err:
+        raise TrainError(f"--init {path}: {err}") from err
+    if type(source) is not type(model) or source.config_dict() != model.config_dict():
+        raise TrainError(
+            f"--init {path} holds {type(source).__name__} {source.config_dict()}; "
+            f"build the same model with --model and --config"
+        )
+    model.load_state_dict(source.state_dict())
+    log.info("weights initialised from %s", path)
+
+
 def _save_state(path: Path, content: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(content, tmp)
@@ -445,6 +475,8 @@ def train(options: TrainOptions, on_step: Callable[[int, float], None] | None = 
             len(train_set),
         )
 
+    if options.init is not None:
+        _warm_start(model, options.init)
     model.to(device)
     objective: nn.Module = TrainingObjective(model, task)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
@@ -549,6 +581,8 @@ def train(options: TrainOptions, on_step: Callable[[int, float], None] | None = 
             loss = objective(mixture, stems, frame_offset, target)
             if not torch.isfinite(loss):
                 raise TrainError(f"loss is {float(loss)} at step {step}; lower --lr or check the data")
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(options, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), options.clip)
@@ -605,6 +639,9 @@ def _metadata(
         "seed": options.seed,
         "batch": options.batch,
         "lr": options.lr,
+        "lr_schedule": options.lr_schedule,
+        "lr_min": options.lr_min,
+        "init": options.init or "",
         "command": options.command,
         "wall_seconds": round(previous + time.monotonic() - started, 3),
         "device": str(device),

@@ -26,6 +26,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=1000, help="optimiser steps in all (default 1000)")
     parser.add_argument("--batch", type=int, default=8, help="examples per step and process (default 8)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    parser.add_argument(
+        "--lr-schedule", choices=("constant", "cosine"), default="constant",
+        help="constant, or cosine decay from --lr to --lr-min over --steps (default constant)",
+    )  # fmt: skip
+    parser.add_argument("--lr-min", type=float, default=0.0, help="last learning rate of the cosine schedule")
+    parser.add_argument(
+        "--init", default=None, metavar="CKPT", help="start from these weights (same model and config), fresh optimiser"
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, crops and augmentation")
     parser.add_argument("--segment", type=float, default=None, help="seconds per example (default: per model)")
@@ -55,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
             steps=args.steps,
             batch=args.batch,
             lr=args.lr,
+            lr_schedule=args.lr_schedule,
+            lr_min=args.lr_min,
+            init=args.init,
             device=args.device,
             seed=args.seed,
             segment=args.segment,

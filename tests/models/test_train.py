@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -14,7 +15,16 @@ import torch
 
 from models import registry
 from models.checkpoint import load_checkpoint, read_checkpoint
-from models.train import TrainError, TrainingObjective, TrainOptions, choose_task, parse_overrides, state_path, train
+from models.train import (
+    TrainError,
+    TrainingObjective,
+    TrainOptions,
+    choose_task,
+    learning_rate,
+    parse_overrides,
+    state_path,
+    train,
+)
 from tests.models.data.tiny import render_music, render_speech
 
 TINY_UNET = {
@@ -132,6 +142,31 @@ def test_resume_refuses_another_model_config(data: dict[str, Path], tmp_path: Pa
     other = {**TINY_UNET, "channels": [4, 8]}
     with pytest.raises(TrainError, match="same --model and --config"):
         train(_options(data, tmp_path / "m.pt", steps=4, resume=True, config=other))
+
+
+def test_cosine_schedule_decays_from_lr_to_lr_min_over_the_run(data: dict[str, Path], tmp_path: Path) -> None:
+    options = _options(data, tmp_path / "m.pt", steps=101, lr=1e-3, lr_schedule="cosine", lr_min=1e-5)
+    rates = [learning_rate(options, step) for step in range(101)]
+    assert rates[0] == pytest.approx(1e-3) and rates[50] == pytest.approx((1e-3 + 1e-5) / 2)
+    assert rates[-1] == pytest.approx(1e-5)
+    assert all(a > b for a, b in itertools.pairwise(rates))
+    assert learning_rate(_options(data, tmp_path / "m.pt"), 3) == 3e-3  # the default stays constant
+
+
+def test_init_starts_from_a_checkpoints_weights(data: dict[str, Path], tmp_path: Path) -> None:
+    train(_options(data, tmp_path / "a.pt", steps=4, valid_every=4))
+    # A vanishing learning rate keeps the copied weights through one step.
+    train(_options(data, tmp_path / "b.pt", steps=1, valid_every=1, lr=1e-12, init=str(tmp_path / "a.pt")))
+    start = dict(load_checkpoint(tmp_path / "a.pt").named_parameters())
+    after = dict(load_checkpoint(tmp_path / "b.pt").named_parameters())
+    fresh = dict(registry.build("unet", TINY_UNET).named_parameters())
+    assert start.keys() == after.keys()
+    assert all(torch.allclose(after[k], start[k], atol=1e-8) for k in start)
+    assert not all(torch.allclose(fresh[k], start[k], atol=1e-4) for k in start)
+    assert read_checkpoint(tmp_path / "b.pt")["metadata"]["init"] == str(tmp_path / "a.pt")
+    with pytest.raises(TrainError, match="same model"):
+        other = {**TINY_UNET, "channels": [4, 8]}
+        train(_options(data, tmp_path / "d.pt", steps=1, init=str(tmp_path / "a.pt"), config=other))
 
 
 def test_speech_losses_are_permutation_invariant(data: dict[str, Path]) -> None:
