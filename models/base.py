@@ -53,6 +53,17 @@ class Separator(nn.Module):
     def separate(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    def stream_init(self, batch: int) -> dict[str, torch.Tensor]:
+        """Caches of ``batch`` fresh streams (models whose description states ``stream_delay``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-layer caches")
+
+    def stream_step(
+        self, x: torch.Tensor, state: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(batch, channels, n)`` new samples -> ``(batch, sources, channels, n)``, delayed by
+        ``describe().stream_delay``; see :mod:`models.streaming`."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-layer caches")
+
     def config_dict(self) -> dict[str, Any]:
         return config_to_dict(self.config)
 

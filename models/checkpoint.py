@@ -98,7 +98,11 @@ def model_from_content(content: dict[str, Any]) -> Separator:
     if missing or unexpected:
         raise CheckpointError(f"state dict does not match {cls.__name__}: missing {missing}, unexpected {unexpected}")
     stored = ModelDescription.from_dict(content["description"])
-    if stored != model.describe():
+    # Fields this file predates (added to the description since) keep their defaults.
+    current = ModelDescription.from_dict(
+        {k: v for k, v in model.describe().to_dict().items() if k in content["description"]}
+    )
+    if stored != current:
         # The stored description is informative; the config is authoritative.
         log.warning("stored description differs from the rebuilt model's; using the rebuilt one")
     return model

@@ -156,6 +156,21 @@ class CumulativeLayerNorm(nn.Module):
         var = (total_sq / count - mean.pow(2)).clamp_min(0.0)  # (batch, 1, frames)
         return self.gain * (x - mean) / torch.sqrt(var + _EPS) + self.bias
 
+    def step(self, x: torch.Tensor, stats: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Streaming form: ``x`` the next frames, ``stats`` ``(batch, 2)`` float64 running sum and sum of
+        squares of every earlier frame, ``frames`` ``(batch, 1)`` how many there were.
+        Returns the normalised frames and the updated ``stats``."""
+        channels, count = x.shape[1], x.shape[2]
+        wide = x.to(torch.float64)
+        total = stats[:, 0:1] + wide.sum(dim=1).cumsum(dim=1)  # (batch, frames)
+        total_sq = stats[:, 1:2] + wide.pow(2).sum(dim=1).cumsum(dim=1)  # (batch, frames)
+        seen = channels * (frames + torch.arange(1, count + 1, device=x.device, dtype=torch.float64))
+        mean = total / seen  # (batch, frames)
+        var = (total_sq / seen - mean.pow(2)).clamp_min(0.0)  # (batch, frames)
+        scale = torch.rsqrt(var + _EPS)
+        y = self.gain * ((x - mean[:, None].to(x.dtype)) * scale[:, None].to(x.dtype)) + self.bias
+        return y, torch.stack([total[:, -1], total_sq[:, -1]], dim=1)
+
 
 class ChannelLayerNorm(nn.Module):
     """Layer norm over the channels of each frame separately.
@@ -202,6 +217,16 @@ class DepthwiseConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.pad(x, self.padding))
 
+    @property
+    def reach(self) -> int:
+        """Earlier frames a frame sees (the causal cache length)."""
+        return self.padding[0]
+
+    def step(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Streaming form (causal only): ``cache`` holds the last :attr:`reach` input frames."""
+        full = torch.cat([cache, x], dim=2)  # (batch, channels, reach + frames)
+        return self.conv(full), full[..., full.shape[2] - self.reach :]
+
 
 class TCNBlock(nn.Module):
     """One 1-D conv block of the TCN (Fig. 1C of the paper).
@@ -241,6 +266,30 @@ class TCNBlock(nn.Module):
         if self.residual is None:
             return None, skip
         return x + self.residual(y), skip  # (batch, B, frames), (batch, Sc, frames)
+
+    def step(
+        self, x: torch.Tensor, cache: dict[str, torch.Tensor], frames: torch.Tensor, prefix: str
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Streaming form of :meth:`forward`; reads and replaces this block's entries of ``cache``."""
+        y = _norm_step(self.norm1, self.act1(self.expand(x)), cache, frames, prefix + "norm1")
+        y, cache[prefix + "conv"] = self.depthwise.step(y, cache[prefix + "conv"])
+        y = _norm_step(self.norm2, self.act2(y), cache, frames, prefix + "norm2")
+        skip = self.skip(y)
+        if self.residual is None:
+            return None, skip
+        return x + self.residual(y), skip
+
+
+def _norm_step(
+    norm: nn.Module, x: torch.Tensor, cache: dict[str, torch.Tensor], frames: torch.Tensor, key: str
+) -> torch.Tensor:
+    """One normalisation layer in streaming form (cLN carries running statistics; channel norm is local)."""
+    if isinstance(norm, CumulativeLayerNorm):
+        y, cache[key] = norm.step(x, cache[key], frames)
+        return y
+    if isinstance(norm, ChannelLayerNorm):
+        return norm(x)
+    raise ValueError(f"{type(norm).__name__} cannot stream (it needs the whole signal)")
 
 
 class TemporalConvNet(nn.Module):
@@ -288,6 +337,33 @@ class TemporalConvNet(nn.Module):
         logits = self.mask_conv(self.output_act(skips))  # (batch, sources * N, frames)
         masks = self.mask_activation(logits)  # (batch, sources * N, frames)
         return masks.view(batch, self.sources, self.filters, frames)
+
+    def cache_shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Per-stream cache entries: name -> (shape without batch, dtype)."""
+        shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+        norms = [("input_norm", self.input_norm)]
+        for i, block in enumerate(self.blocks):
+            assert isinstance(block, TCNBlock)
+            norms += [(f"block{i}.norm1", block.norm1), (f"block{i}.norm2", block.norm2)]
+            shapes[f"block{i}.conv"] = ((block.depthwise.conv.in_channels, block.depthwise.reach), torch.float32)
+        for key, norm in norms:
+            if isinstance(norm, CumulativeLayerNorm):
+                shapes[key] = ((2,), torch.float64)
+        return shapes
+
+    def step(self, w: torch.Tensor, cache: dict[str, torch.Tensor], frames: torch.Tensor) -> torch.Tensor:
+        """Streaming form of :meth:`forward` on the next frames; updates ``cache`` in place (the dict)."""
+        batch, _, count = w.shape
+        x = self.bottleneck(_norm_step(self.input_norm, w, cache, frames, "input_norm"))
+        skips = torch.zeros((), device=w.device, dtype=w.dtype)
+        for i, block in enumerate(self.blocks):
+            assert isinstance(block, TCNBlock)
+            residual, skip = block.step(x, cache, frames, f"block{i}.")
+            skips = skips + skip
+            if residual is not None:
+                x = residual
+        masks = self.mask_activation(self.mask_conv(self.output_act(skips)))
+        return masks.view(batch, self.sources, self.filters, count)
 
 
 @register(
@@ -338,6 +414,51 @@ class ConvTasNet(Separator):
         """Same as :meth:`forward`; ``target`` is unused (all sources are returned)."""
         return self(x)
 
+    def stream_init(self, batch: int) -> dict[str, torch.Tensor]:
+        """Caches of ``batch`` fresh streams (causal variant): the encoder's and decoder's last
+        ``L - stride`` samples, every depthwise convolution's last frames, cLN running sums."""
+        c = self.config
+        if not c.causal:
+            raise ValueError("the non-causal Conv-TasNet (gLN) needs the whole signal: it cannot stream")
+        weight = self.encoder.weight
+        lead = (batch, c.audio_channels)
+        tail = c.L - c.stride
+        state = {
+            "encoder": weight.new_zeros(*lead, tail),
+            "decoder": weight.new_zeros(*lead, len(c.sources), tail),
+            "frames": torch.zeros(*lead, 1, device=weight.device, dtype=torch.float64),
+        }
+        for key, (shape, dtype) in self.separator.cache_shapes().items():
+            state[key] = torch.zeros(
+                *lead, *shape, device=weight.device, dtype=weight.dtype if dtype != torch.float64 else dtype
+            )
+        return state
+
+    def stream_step(
+        self, x: torch.Tensor, state: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(batch, channels, n)`` new samples (``n`` a multiple of ``L / 2``) -> ``(batch, sources,
+        channels, n)`` estimates of the samples ``L / 2`` earlier, and the new state."""
+        check_waveform(x, self.config.audio_channels)
+        c = self.config
+        batch, channels, n = x.shape
+        if n % c.stride:
+            raise ValueError(f"a step must be a multiple of {c.stride} samples, got {n}")
+        flat = {k: v.flatten(0, 1) for k, v in state.items()}  # (batch*channels, ...)
+        tail = c.L - c.stride
+        signal = torch.cat([flat["encoder"][:, None], x.reshape(batch * channels, 1, n)], dim=2)
+        w = torch.relu(self.encoder(signal))  # (batch*channels, N, n / stride)
+        masks = self.separator.step(w, flat, flat["frames"])  # (batch*channels, sources, N, frames)
+        y = self.decoder((masks * w[:, None]).flatten(0, 1))  # (batch*channels*sources, 1, n + tail)
+        y = y.view(batch * channels, len(c.sources), n + tail)
+        y[..., :tail] += flat["decoder"]
+        flat["encoder"] = signal[:, 0, signal.shape[2] - tail :]
+        flat["decoder"] = y[..., n:].clone()
+        flat["frames"] = flat["frames"] + w.shape[2]
+        out = y[..., :n].reshape(batch, channels, len(c.sources), n).transpose(1, 2)
+        new_state = {k: v.reshape(batch, channels, *v.shape[1:]) for k, v in flat.items()}
+        return out, new_state
+
     def describe(self) -> ModelDescription:
         c = self.config
         stride = c.stride
@@ -367,5 +488,6 @@ class ConvTasNet(Separator):
             lookahead=lookahead,
             stride=stride,
             segment=segment,
+            stream_delay=c.L - stride if c.causal else None,
             extras=extras,
         )

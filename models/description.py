@@ -48,6 +48,10 @@ class ModelDescription:
             ``receptive_field`` samples of left context, reproduces its offline output.
         segment: preferred chunk length in samples for non-causal waveform models,
             or None when any length works equally well.
+        stream_delay: set when the model keeps per-layer caches (``stream_init`` /
+            ``stream_step``, see :mod:`models.streaming`): a step of any multiple of
+            ``stride`` samples returns estimates delayed by this many samples. None
+            when the model can only be streamed by recomputing its left context.
         extras: architecture-specific facts, primitives only (e.g. embedding size).
     """
 
@@ -65,6 +69,7 @@ class ModelDescription:
     window_frames: int | None = None
     stride: int = 1
     segment: int | None = None
+    stream_delay: int | None = None
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -83,6 +88,8 @@ class ModelDescription:
             raise ValueError("stride must be >= 1")
         if self.lookahead < 0:
             raise ValueError("lookahead must be >= 0")
+        if self.stream_delay is not None and (self.stream_delay < 0 or not self.causal or self.domain != "waveform"):
+            raise ValueError("stream_delay is for causal waveform models and must be >= 0")
 
     @property
     def window_samples(self) -> int | None:

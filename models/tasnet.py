@@ -135,6 +135,24 @@ class LSTMSeparator(nn.Module):
         masks = torch.softmax(logits, dim=2) if softmax else torch.sigmoid(logits)
         return masks.permute(0, 2, 3, 1)  # (batch, sources, N, K)
 
+    def step(
+        self, w: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Streaming form (unidirectional only): ``h``, ``c`` are ``(layers, batch, hidden)`` LSTM states
+        after the earlier segments; returns the masks and the states after these segments."""
+        batch, _, segments = w.shape
+        x = self.norm(w.transpose(1, 2))  # (batch, K, N)
+        hs, cs = [], []
+        for i, lstm in enumerate(self.lstms):
+            out, (h_i, c_i) = lstm(x, (h[i : i + 1].contiguous(), c[i : i + 1].contiguous()))  # (batch, K, hidden)
+            x = out + x if self.skip and i > 0 else out
+            hs.append(h_i[0])
+            cs.append(c_i[0])
+        logits = self.mask(x).view(batch, segments, self.sources, self.filters)
+        softmax = self.mask_activation == "softmax"
+        masks = torch.softmax(logits, dim=2) if softmax else torch.sigmoid(logits)
+        return masks.permute(0, 2, 3, 1), torch.stack(hs), torch.stack(cs)
+
 
 class LinearDecoder(nn.Module):
     """Masked weights -> waveform segments through the learned basis ``B`` (N x L).
@@ -189,6 +207,34 @@ class TasNet(Separator):
         """Same as :meth:`forward`; ``target`` is unused (all sources are returned)."""
         return self(x)
 
+    def stream_init(self, batch: int) -> dict[str, torch.Tensor]:
+        """LSTM states of ``batch`` fresh streams (causal variant): ``(batch, channels, layers, hidden)``."""
+        c = self.config
+        if not c.causal:
+            raise ValueError("the non-causal TasNet (BLSTM) needs the whole chunk: it cannot stream")
+        zeros = self.decoder.basis.weight.new_zeros(batch, c.audio_channels, c.layers, c.hidden)
+        return {"h": zeros, "c": zeros.clone()}
+
+    def stream_step(
+        self, x: torch.Tensor, state: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(batch, channels, n)`` new samples (``n`` a multiple of ``L``) -> ``(batch, sources,
+        channels, n)`` estimates of the same samples (no delay: a segment is final once complete)."""
+        check_waveform(x, self.config.audio_channels)
+        c = self.config
+        batch, channels, n = x.shape
+        if n % c.L:
+            raise ValueError(f"a step must be a multiple of {c.L} samples, got {n}")
+        h = state["h"].flatten(0, 1).transpose(0, 1)  # (layers, batch*channels, hidden)
+        cell = state["c"].flatten(0, 1).transpose(0, 1)
+        w, norms = self.encoder(x.reshape(batch * channels, 1, n))  # (batch*channels, N, K), (batch*channels, K)
+        masks, h, cell = self.separator.step(w, h, cell)
+        y = self.decoder((masks * w[:, None]).flatten(0, 1))  # (batch*channels*sources, n)
+        y = y.view(batch * channels, len(c.sources), -1, c.L) * norms[:, None, :, None]
+        out = y.flatten(2).view(batch, channels, len(c.sources), n).transpose(1, 2)
+        lead = (batch, channels, c.layers, c.hidden)
+        return out, {"h": h.transpose(0, 1).reshape(lead), "c": cell.transpose(0, 1).reshape(lead)}
+
     def describe(self) -> ModelDescription:
         c = self.config
         if c.causal:
@@ -211,5 +257,6 @@ class TasNet(Separator):
             lookahead=lookahead,
             stride=c.L,
             segment=segment,
+            stream_delay=0 if c.causal else None,
             extras={"recurrent": True},
         )

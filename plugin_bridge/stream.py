@@ -343,6 +343,13 @@ class StreamLink:
                 log.warning("server overloaded (%d times): %s", self.counters.overloaded, status.message)
         elif code == pb.SessionStatus.INVALID_SAMPLES:
             self.counters.invalid_samples += status.count
+        elif code == pb.SessionStatus.MODEL_REQUESTED:
+            # A controller on the server's OSC port asked for another model: take the bridge's own
+            # path (latency check, trial session) off this thread, which must keep reading replies.
+            log.info("the server relays a request for model %r", status.message)
+            threading.Thread(
+                target=self.params.set_model, args=(status.message,), name="stemserve-bridge-model", daemon=True
+            ).start()
         else:
             log.debug("session status %s %s", pb.SessionStatus.Code.Name(code), status.message)
 

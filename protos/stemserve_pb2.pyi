@@ -171,6 +171,7 @@ class SessionStatus(_message.Message):
         PARAMETERS_APPLIED: _ClassVar[SessionStatus.Code]
         RESET_DONE: _ClassVar[SessionStatus.Code]
         FLUSHED: _ClassVar[SessionStatus.Code]
+        MODEL_REQUESTED: _ClassVar[SessionStatus.Code]
     CODE_UNSPECIFIED: SessionStatus.Code
     OK: SessionStatus.Code
     OVERLOADED: SessionStatus.Code
@@ -178,6 +179,7 @@ class SessionStatus(_message.Message):
     PARAMETERS_APPLIED: SessionStatus.Code
     RESET_DONE: SessionStatus.Code
     FLUSHED: SessionStatus.Code
+    MODEL_REQUESTED: SessionStatus.Code
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]

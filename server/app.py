@@ -156,6 +156,7 @@ class App:
         self.servicer = SeparationServicer(engine, self.extra_stats, config.max_message_bytes)
         if self._osc is not None:
             self.servicer.add_listener(self._osc.notify)
+            self._osc.router.request_model = self.servicer.request_model
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
         self._stopping = asyncio.Event()

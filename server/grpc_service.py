@@ -141,6 +141,26 @@ class SeparationServicer(pb_grpc.SeparationServicer):
         self._extra_stats = extra_stats
         self._max_message_bytes = max_message_bytes
         self._listeners: list[Listener] = []
+        # session id -> the outbox of its Stream call (event loop only)
+        self._outboxes: dict[str, asyncio.Queue[_Pending | None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    def request_model(self, session_id: str, model: str) -> bool:
+        """Ask the client of ``session_id``'s Stream to move to ``model`` (a MODEL_REQUESTED status).
+
+        Event loop only (OSC runs there). False when the session has no Stream call here.
+        """
+        outbox = self._outboxes.get(session_id)
+        if outbox is None:
+            return False
+        message = _Pending("message", message=status_response(pb.SessionStatus.MODEL_REQUESTED, model))
+        try:
+            outbox.put_nowait(message)
+        except asyncio.QueueFull:  # the stream is busy: queue behind its blocks
+            task = asyncio.get_running_loop().create_task(outbox.put(message))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return True
 
     def add_listener(self, listener: Listener) -> None:
         """Called on the event loop for session events (OSC notifications use it)."""
@@ -229,6 +249,7 @@ class SeparationServicer(pb_grpc.SeparationServicer):
         session_id = info.id
         outbox: asyncio.Queue[_Pending | None] = asyncio.Queue(STREAM_WINDOW)
         reader = asyncio.create_task(self._read_stream(requests, session_id, open_.channels, outbox))
+        self._outboxes[session_id] = outbox
         self._notify(session_id, "opened", latency=info.latency.total)
         try:
             yield pb.StreamResponse(
@@ -272,6 +293,7 @@ class SeparationServicer(pb_grpc.SeparationServicer):
             # Normal end, error, or a client that went away (this coroutine is then
             # cancelled): the session is freed either way.
             reader.cancel()
+            self._outboxes.pop(session_id, None)
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
             self.engine.close(session_id)

@@ -5,10 +5,11 @@ Address space (``<session>`` is the id the session's Stream was opened with)::
     /stemserve/<session>/target  <name: str> | <choice: float 0..1>
     /stemserve/<session>/mix     <float 0..1>        dry (0) .. wet (1)
     /stemserve/<session>/gain/<stem> <float 0..1>    linear gain of one stem
-    /stemserve/<session>/model   <name: str>         checked, then refused unless it is
-                                                     the session's model: a model change
-                                                     changes the latency, so the bridge
-                                                     opens a new session for it
+    /stemserve/<session>/model   <name: str>         checked, then passed to the session's
+                                                     Stream client as a MODEL_REQUESTED
+                                                     status: a session's latency is fixed,
+                                                     so the client (the bridge) opens a new
+                                                     session on that model if it fits
     /stemserve/<session>/latency                     query -> /stemserve/<session>/latency <int samples>
     /stemserve/<session>/status                      query -> /stemserve/<session>/status
                                                      <model> <latency> <target> <mix>
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -87,6 +88,8 @@ class OscRouter:
         self.allow = frozenset(allow)
         self.counters = OscCounters()
         self.subscribers = _Subscribers()
+        # Set by the server: asks a session's Stream client to move to a model (False: no Stream).
+        self.request_model: Callable[[str, str], bool] | None = None
 
     def handle_datagram(self, data: bytes, sender: Address) -> list[bytes]:
         """Apply every message in ``data``; return the replies to send to ``sender``."""
@@ -174,13 +177,13 @@ class OscRouter:
         known = [m.name for m in self.engine.models()]
         if value not in known:
             return self._refuse(f"unknown model {value!r}; loaded: {', '.join(known)}")
-        if value == current:
-            self.counters.applied += 1
-            return _message(f"/stemserve/{session}/ok", "model")
-        return self._refuse(
-            f"session {session} runs {current}: a model change changes the latency, so open a new session "
-            f"with {value} (the bridge does this when sent /model on its own OSC port)"
-        )
+        if value != current and (self.request_model is None or not self.request_model(session, value)):
+            return self._refuse(
+                f"session {session} runs {current} and has no Stream client to switch it: a session's latency "
+                f"is fixed, so open a new session with {value}"
+            )
+        self.counters.applied += 1
+        return _message(f"/stemserve/{session}/ok", "model")
 
     def _target_name(self, session: str, value: Any) -> str | None:
         if isinstance(value, str):

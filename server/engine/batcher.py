@@ -253,13 +253,24 @@ class WindowBatcher:
         return self._realtime[0].created if self._realtime else None
 
     def take(self) -> list[WorkItem]:
-        """Up to ``max_batch`` live items, real-time first."""
+        """Up to ``max_batch`` live items, real-time first; at most one per cached stream
+        (its next step needs the caches this one leaves), the others keep their place."""
         batch: list[WorkItem] = []
+        streams: set[int] = set()
         for queue in (self._realtime, self._offline):
+            later: list[WorkItem] = []
             while queue and len(batch) < self.max_batch:
                 item = queue.popleft()
-                if self._is_live(item):
-                    batch.append(item)
+                if not self._is_live(item):
+                    continue
+                slot = item.spec.state
+                if slot is not None:
+                    if id(slot) in streams:
+                        later.append(item)
+                        continue
+                    streams.add(id(slot))
+                batch.append(item)
+            queue.extendleft(reversed(later))
         return batch
 
     def shapes(self) -> tuple[int, ...]:
@@ -291,7 +302,10 @@ class WindowBatcher:
         start = time.perf_counter()
         outputs: list[torch.Tensor | BaseException]
         try:
-            result = self.model.run(inputs, targets)
+            if items[0].spec.state is not None:
+                result = self._step(inputs, items, size)
+            else:
+                result = self.model.run(inputs, targets)
             outputs = list(result[: len(items)])
         except Exception as err:  # the model raised: find out whose item it was
             log.warning("batch of %d failed (%s); retrying items one by one", len(items), err)
@@ -305,6 +319,19 @@ class WindowBatcher:
             self.shared_batches += 1
         return BatchOutcome(items, outputs, seconds, size)
 
+    def _step(self, inputs: torch.Tensor, items: list[WorkItem], size: int) -> torch.Tensor:
+        """A cached step: each item's stream caches in, the caches it leaves stored back."""
+        slots = [item.spec.state for item in items]
+        states = [
+            slot.state if slot is not None and slot.state is not None else self.model.fresh_state() for slot in slots
+        ]
+        states += [self.model.fresh_state() for _ in range(size - len(items))]
+        outputs, after = self.model.run_step(inputs, states)
+        for slot, state in zip(slots, after, strict=False):
+            assert slot is not None
+            slot.state = state
+        return outputs
+
     def _run_one(self, item: WorkItem) -> torch.Tensor | BaseException:
         size = self.padded_size(1)
         inputs = torch.zeros(size, *self.item_shape)
@@ -313,6 +340,8 @@ class WindowBatcher:
         if self.model.description.conditioned:
             targets = torch.full((size,), item.spec.target, dtype=torch.long)
         try:
+            if item.spec.state is not None:
+                return self._step(inputs, [item], size)[0]
             return self.model.run(inputs, targets)[0]
         except Exception as err:
             return err

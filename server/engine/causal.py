@@ -1,8 +1,19 @@
 """Causal waveform models (causal Conv-TasNet, causal TasNet, causal Demucs), streamed exactly.
 
-The model is a black box with a stated receptive field, lookahead and stride
-(:class:`~models.description.ModelDescription`). The stream follows a
-:class:`~models.apply.CausalPlan`: every ``hop`` samples (a multiple of the
+Two ways, both following a :class:`~models.apply.CausalPlan`:
+
+**Per-layer caches** (:class:`CachedCausalStream`, models whose description
+states ``stream_delay``: causal Conv-TasNet and TasNet). Every ``hop`` samples
+one work item holds just those samples; the batcher runs it through the
+model's ``stream_step`` with the session's caches (convolution tails,
+cumulative-norm sums, LSTM states; see :mod:`models.streaming`) and keeps the
+caches the step returns. A step costs its new samples only, so steps can be a
+few milliseconds long. Items of one session run in order, one per batch;
+items of different sessions share batches.
+
+**Recomputed context** (:class:`CausalStream`, e.g. causal Demucs). The model
+is a black box with a stated receptive field, lookahead and stride
+(:class:`~models.description.ModelDescription`). Every ``hop`` samples (a multiple of the
 stride, counted from the stream start so the model's frame grid matches the
 offline run) one work item holds the newest ``hop`` samples plus ``context``
 samples of real left context. Of the model's output on it, the ``hop``
@@ -13,9 +24,7 @@ receptive field of past. Near the stream start the item begins at sample 0
 causal model's kept outputs cannot see; so every item has the same shape and
 items of all sessions stack into one batch.
 
-The per-step cost is a forward pass over ``context + hop`` samples; per-layer
-caches would avoid recomputing the context but need the model's insides,
-which the engine never touches.
+The per-step cost is a forward pass over ``context + hop`` samples.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import torch.nn.functional as F
 
 from models.apply import CausalPlan
 from models.description import ModelDescription
-from server.engine.work import ItemSpec, SampleBuffer, Stream, Streamer, stem_slots, take_stems
+from server.engine.work import ItemSpec, SampleBuffer, StateSlot, Stream, Streamer, stem_slots, take_stems
 
 
 class CausalStream(Stream):
@@ -79,15 +88,56 @@ class CausalStream(Stream):
             self._missing = len(self._slots)
 
 
+class CachedCausalStream(Stream):
+    """Per-session input not yet stepped, the model's caches, and the finished output."""
+
+    def __init__(self, plan: CausalPlan, channels: int, stems: Sequence[int]) -> None:
+        self.plan = plan
+        self.channels = channels
+        self.stems = list(stems)
+        self.reset()
+
+    def reset(self) -> None:
+        self._pending = torch.zeros(self.channels, 0)
+        self._next = 0  # stream index of the next step's first sample
+        self._slot = StateSlot()  # a fresh slot: items of an earlier epoch write into the old one
+        self._out: list[torch.Tensor] = []
+
+    def push(self, audio: torch.Tensor) -> list[ItemSpec]:
+        hop = self.plan.hop
+        buf = torch.cat([self._pending, audio], dim=1) if self._pending.shape[1] else audio
+        steps = buf.shape[1] // hop
+        items = []
+        for i in range(steps):
+            items.append(ItemSpec(buf[:, i * hop : (i + 1) * hop].clone(), -1, self._next, self._slot))
+            self._next += hop
+        self._pending = buf[:, steps * hop :].clone()
+        return items
+
+    def accept(self, key: Any, output: torch.Tensor) -> None:
+        first = key - self.plan.lookahead  # stream index of the output's first sample
+        estimate = output[self.stems]  # (stems, channels, hop)
+        if first < 0:  # estimates of the silence before the stream start
+            estimate = estimate[..., -first:]
+        if estimate.shape[-1]:
+            self._out.append(estimate)
+
+
 class CausalStreamer(Streamer):
-    """Per-model factory for :class:`CausalStream`."""
+    """Per-model factory for :class:`CachedCausalStream` or :class:`CausalStream`, as the plan says."""
 
     plan: CausalPlan
 
     def __init__(self, description: ModelDescription, plan: CausalPlan) -> None:
         if description.domain != "waveform" or not description.causal:
             raise ValueError("CausalStreamer is for causal waveform models")
+        if plan.cached and (description.stream_delay != plan.lookahead or description.conditioned):
+            raise ValueError(f"a cached plan needs an unconditioned model with stream_delay {plan.lookahead}")
         super().__init__(description, plan)
+
+    @property
+    def stateful(self) -> bool:
+        return self.plan.cached
 
     @property
     def item_shape(self) -> tuple[int, ...]:
@@ -96,5 +146,7 @@ class CausalStreamer(Streamer):
     def steps_per_second(self) -> float:
         return self.description.sample_rate / self.plan.hop
 
-    def new_stream(self, stems: Sequence[int]) -> CausalStream:
+    def new_stream(self, stems: Sequence[int]) -> Stream:
+        if self.plan.cached:
+            return CachedCausalStream(self.plan, self.description.audio_channels, stems)
         return CausalStream(self.plan, self.description.audio_channels, stems, self.description)

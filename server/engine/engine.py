@@ -36,7 +36,15 @@ from typing import Any
 
 import numpy as np
 
-from models.apply import DEFAULT_UNBOUNDED_CONTEXT_S, Plan, Weighting, WindowPlan, plan_for
+from models.apply import (
+    DEFAULT_CACHED_STEP_CPU_S,
+    DEFAULT_CACHED_STEP_S,
+    DEFAULT_UNBOUNDED_CONTEXT_S,
+    Plan,
+    Weighting,
+    WindowPlan,
+    plan_for,
+)
 from models.base import Separator
 from models.description import ModelDescription
 from server.engine.batcher import SpectrogramStreamer, default_batch_sizes
@@ -83,10 +91,13 @@ class EngineConfig:
         resample_quality: soxr quality (``QQ``, ``LQ``, ``MQ``, ``HQ``, ``VHQ``).
         max_latency_ms: budget for the model part of L; default plans shrink to fit.
         window_hop / window_lookahead / weighting / segment / causal_hop:
-            overrides of the default plan (see :func:`models.apply.plan_for`).
-        causal_context_s: left context given to causal models whose receptive
-            field is unbounded (LSTM state): each step recomputes this much, and
-            streams longer than it only approximate the offline output.
+            overrides of the default plan (see :func:`models.apply.plan_for`). A causal
+            model with per-layer caches steps every 4 ms on a GPU and 16 ms on a CPU
+            unless ``causal_hop`` (samples at the model's rate) says otherwise.
+        causal_context_s: left context given to causal models that recompute it
+            (no per-layer caches) when their receptive field is unbounded: each
+            step recomputes this much, and streams longer than it only approximate
+            the offline output.
         file_chunk_s: block length :meth:`Engine.separate_file` feeds.
     """
 
@@ -201,6 +212,7 @@ class Engine:
                 causal_hop=c.causal_hop,
                 unbounded_context_s=c.causal_context_s,
                 max_latency_s=None if c.max_latency_ms is None else c.max_latency_ms / 1000,
+                cached_step_s=DEFAULT_CACHED_STEP_S if loaded.device.type == "cuda" else DEFAULT_CACHED_STEP_CPU_S,
             )
             streamer = make_streamer(d, chosen)
             batch_sizes = (
@@ -435,8 +447,10 @@ class Engine:
             session = self._sessions.pop(session_id, None)
         if session is None or session.closed:
             return False
+        scheduler = self._scheduler(session.model_name)
+        scheduler.release(session)
         try:
-            self._scheduler(session.model_name).enqueue(session, Request("close", Future()))
+            scheduler.enqueue(session, Request("close", Future()))
         except NotReadyError:
             session.closed = True
         return True

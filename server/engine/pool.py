@@ -23,6 +23,7 @@ from models import registry
 from models.base import Separator
 from models.checkpoint import load_model
 from models.description import ModelDescription
+from models.streaming import split_state, stack_states
 from server.engine.errors import UnknownModelError
 
 log = logging.getLogger(__name__)
@@ -93,24 +94,44 @@ class LoadedModel:
             out = self.model.separate(x, t)
             return out.to(device="cpu", dtype=torch.float32)
 
+    def fresh_state(self) -> dict[str, torch.Tensor]:
+        """Per-layer caches of one fresh stream, on the device (models with ``stream_delay``)."""
+        with torch.inference_mode():
+            return self.model.stream_init(1)
+
+    def run_step(
+        self, inputs: torch.Tensor, states: Sequence[dict[str, torch.Tensor]]
+    ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+        """One cached step: ``(B, C, n)`` float32 CPU inputs and ``B`` per-stream states ->
+        ``(B, S, C, n)`` float32 CPU outputs and the ``B`` new states (on the device)."""
+        with torch.inference_mode():
+            x = inputs.to(device=self.device, dtype=self.dtype, non_blocking=True)
+            out, state = self.model.stream_step(x, stack_states(states))
+            return out.to(device="cpu", dtype=torch.float32), split_state(state, len(states))
+
     def warm_up(
-        self, item_shape: Sequence[int], batch_sizes: Sequence[int], timed: Sequence[int] | None = None
+        self,
+        item_shape: Sequence[int],
+        batch_sizes: Sequence[int],
+        timed: Sequence[int] | None = None,
+        stateful: bool = False,
     ) -> dict[int, float]:
         """Run each batch shape once (first calls of a shape compile / autotune), then
         time the shapes in ``timed`` (default: all), best of ``TIMED_RUNS`` since other
         load on the machine only ever adds; sets :attr:`ready`. Returns seconds per
-        forward pass of each timed shape."""
+        forward pass of each timed shape. ``stateful``: the passes are cached steps."""
         timed_sizes = set(batch_sizes if timed is None else timed)
         for size in batch_sizes:
             inputs = torch.zeros(size, *item_shape)
             targets = torch.zeros(size, dtype=torch.long) if self.description.conditioned else None
-            self.run(inputs, targets)
+
+            self._pass(inputs, targets, stateful)
             if size not in timed_sizes:
                 continue
             best = float("inf")
             for _ in range(TIMED_RUNS):
                 start = time.perf_counter()
-                self.run(inputs, targets)
+                self._pass(inputs, targets, stateful)
                 best = min(best, time.perf_counter() - start)
             self.timings[size] = best
         self.ready = True
@@ -122,6 +143,12 @@ class LoadedModel:
             {k: f"{v * 1e3:.1f} ms" for k, v in self.timings.items()},
         )
         return dict(self.timings)
+
+    def _pass(self, inputs: torch.Tensor, targets: torch.Tensor | None, stateful: bool) -> None:
+        if stateful:
+            self.run_step(inputs, [self.fresh_state() for _ in range(inputs.shape[0])])
+        else:
+            self.run(inputs, targets)
 
     def memory_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.model.parameters())

@@ -106,7 +106,9 @@ class ModelScheduler:
         """Run every batch shape the batcher can use once, so the first real block is not slow,
         and time the smallest and largest (the smallest sets the admission cost estimate)."""
         sizes = self.batcher.shapes()
-        timings = self.model.warm_up(self.streamer.item_shape, sizes, timed=sorted({sizes[0], sizes[-1]}))
+        timings = self.model.warm_up(
+            self.streamer.item_shape, sizes, timed=sorted({sizes[0], sizes[-1]}), stateful=self.streamer.stateful
+        )
         self.seconds_per_item = timings[sizes[0]] / sizes[0]
 
     def start(self) -> None:
@@ -131,9 +133,19 @@ class ModelScheduler:
         # rate feeds the same amount of model audio per second of wall time.
         return rate * self.seconds_per_item
 
+    def _admitted(self) -> list[Session]:
+        """Real-time sessions holding a share of the device (caller holds the lock)."""
+        return [s for s in self._sessions.values() if s.realtime and not s.released]
+
     def realtime_load(self) -> float:
         with self._cond:
-            return sum(self.session_load(s) for s in self._sessions.values() if s.realtime)
+            return sum(self.session_load(s) for s in self._admitted())
+
+    def release(self, session: Session) -> None:
+        """A closing session gives up its real-time share now, not once its last blocks are answered,
+        so a track that closes and reopens (model switch, reconnect) is not refused meanwhile."""
+        with self._cond:
+            session.released = True
 
     def add(self, session: Session) -> None:
         """Register a session; a real-time one only if the model can keep up (else AdmissionError)."""
@@ -141,7 +153,7 @@ class ModelScheduler:
             if self._stopping:
                 raise NotReadyError(f"model {self.name} is shutting down")
             if session.realtime:
-                realtime = [s for s in self._sessions.values() if s.realtime]
+                realtime = self._admitted()
                 if self.max_sessions is not None and len(realtime) >= self.max_sessions:
                     raise AdmissionError(
                         f"model {self.name}: {len(realtime)} real-time sessions open, the limit is {self.max_sessions}"
@@ -165,10 +177,11 @@ class ModelScheduler:
             self._cond.notify()
 
     def session_count(self) -> tuple[int, int]:
-        """(real-time, offline) sessions open."""
+        """(real-time, offline) sessions open; a closing session no longer counts."""
         with self._cond:
-            rt = sum(1 for s in self._sessions.values() if s.realtime)
-            return rt, len(self._sessions) - rt
+            live = [s for s in self._sessions.values() if not s.released]
+            rt = sum(1 for s in live if s.realtime)
+            return rt, len(live) - rt
 
     # ------------------------------------------------------------------ worker
 

@@ -310,6 +310,7 @@ class Session:
         self.items_made = 0
         self.items_done = 0
         self.closed = False
+        self.released = False  # closing: its real-time share is free (set under the scheduler's lock)
 
         stem_index = [d.sources.index(s) for s in stems]
         self.stream = streamer.new_stream(stem_index)

@@ -25,6 +25,20 @@ from models.apply import CausalPlan, WindowPlan
 from models.description import ModelDescription
 
 
+class StateSlot:
+    """A stream's per-layer model caches between steps (models with ``stream_delay``).
+
+    The batcher reads :attr:`state` when it runs the stream's next item and
+    stores the state the step returns; None means a fresh stream (the model's
+    ``stream_init``). The tensors stay on the model's device. A stream's items
+    run one per batch and in order, since each needs the state the previous
+    one left.
+    """
+
+    def __init__(self) -> None:
+        self.state: dict[str, torch.Tensor] | None = None
+
+
 @dataclass(frozen=True)
 class ItemSpec:
     """One model input a stream wants computed.
@@ -33,11 +47,13 @@ class ItemSpec:
         inputs: ``Streamer.item_shape`` float32 tensor on the CPU.
         target: source index for a conditioned model, else -1.
         key: the stream's own bookkeeping, handed back with the output.
+        state: the stream's caches when the model steps with per-layer caches, else None.
     """
 
     inputs: torch.Tensor
     target: int
     key: Any
+    state: StateSlot | None = None
 
 
 class Stream(ABC):
@@ -91,6 +107,11 @@ class Streamer(ABC):
     @abstractmethod
     def item_shape(self) -> tuple[int, ...]:
         """Shape of one item's input (without the batch axis)."""
+
+    @property
+    def stateful(self) -> bool:
+        """True when items carry per-layer caches (:class:`StateSlot`)."""
+        return False
 
     @abstractmethod
     def steps_per_second(self) -> float:

@@ -54,3 +54,29 @@ def test_model_change_that_cannot_fit_is_refused_and_logged(
             assert not bridge.params.set_model(model)  # causal's 514 > ident's 511; missing: not served
         assert bridge.params.model == "ident"
     assert f"model change to {model!r} ignored" in caplog.text
+
+
+def test_model_requested_on_the_servers_osc_port_switches_the_bridge() -> None:
+    """A controller talking to the *server* (OSC /model) reaches the track: the server relays it on the
+    Stream and the bridge takes its usual path (latency check, new session, same latency)."""
+    from pythonosc.udp_client import SimpleUDPClient
+
+    from server.app import ServerConfig
+    from server.embedded import EmbeddedServer
+    from tests.plugin_bridge.servers import tiny_engine
+
+    config = ServerConfig(host="127.0.0.1", port=0, osc_port=0)
+    with EmbeddedServer(tiny_engine(), config=config) as server:
+        address = server.address
+        osc = SimpleUDPClient("127.0.0.1", server.app.osc_port or 0)
+        silence = np.zeros((CHANNELS, BLOCK), np.float32)
+        with Bridge(BridgeSettings(address, "causal", RATE, CHANNELS, margin_samples=0)) as bridge:
+            assert bridge.start(wait_s=30) is not None
+            total = bridge.latency_samples
+            osc.send_message(f"/stemserve/{bridge.link.session_id}/model", "ident")
+            deadline = time.monotonic() + 20
+            while not (bridge.link.model == "ident" and bridge.connected):
+                assert time.monotonic() < deadline, "the bridge did not follow the server's model request"
+                bridge.process(silence)
+                time.sleep(0.01)
+            assert bridge.params.model == "ident" and bridge.latency_samples == total

@@ -123,6 +123,23 @@ def test_python_osc_parameters_replies_and_notifications(
     assert peer.receive() == (f"/stemserve/{session}/closed", [])
 
 
+def test_a_model_change_is_relayed_to_the_sessions_stream_client(
+    osc_server: EmbeddedServer, stub: pb_grpc.SeparationStub
+) -> None:
+    """A session's latency is fixed, so the server does not switch it: it asks the Stream's client
+    (the bridge re-opens on that model when its latency fits)."""
+    peer = OscPeer(osc_server.app.osc_port or 0)
+    call = StreamCall(stub)
+    session = call.open("multi").session_id
+    assert peer.ask(f"/stemserve/{session}/model", "conditioned") == (f"/stemserve/{session}/ok", ["model"])
+    call.send_block(noise(0.05))
+    call.receive_block()
+    requested = [s for s in call.statuses if s.code == pb.SessionStatus.MODEL_REQUESTED]
+    assert [s.message for s in requested] == ["conditioned"]
+    assert osc_server.app.engine.session_info(session).model == "multi"  # the session itself is unchanged
+    call.close()
+
+
 @pytest.mark.parametrize(
     ("address", "args", "reason"),
     [
@@ -132,7 +149,6 @@ def test_python_osc_parameters_replies_and_notifications(
         ("/stemserve/{session}/target", ["kazoo"], "unknown target"),
         ("/stemserve/{session}/gain/kazoo", [0.5], "unknown stem"),
         ("/stemserve/{session}/model", ["kazoo-net"], "unknown model"),
-        ("/stemserve/{session}/model", ["conditioned"], "open a new session"),
         ("/stemserve/{session}/tempo", [120.0], "unknown address"),
         ("/some/other/app", [1], "unknown address"),
     ],

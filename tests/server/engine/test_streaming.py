@@ -42,6 +42,13 @@ FAMILIES: dict[str, tuple[Callable[[], Separator], list[dict[str, Any]] | None]]
     ),
     "causal": (lambda: TinyCausalNet(TinyCausalConfig(channels=2)), None),
     "chunked": (lambda: TinyChunkNet(TinyChunkConfig()), None),
+    # per-layer caches (cumulative layer norm, depthwise-conv tails, decoder overlap)
+    "cached": (
+        lambda: registry.build(
+            "conv_tasnet_causal", {"N": 16, "L": 8, "B": 8, "H": 16, "X": 2, "R": 1, "Sc": 8, "audio_channels": 2}
+        ),
+        None,
+    ),
 }
 
 TINY_UNET = {
@@ -54,9 +61,8 @@ TINY_UNET = {
     "channels": (4, 8),
 }
 TINY_CONV_TASNET = {"N": 16, "L": 8, "B": 8, "H": 16, "P": 3, "X": 2, "R": 1, "Sc": 8}
-# Presets with tiny configs. Those whose receptive field is unbounded (LSTM state,
-# cumulative norm) stream exactly only while the stream is shorter than the plan's
-# context cap (``causal_context_s``), which these short signals are.
+# Presets with tiny configs. Causal Conv-TasNet and TasNet stream with per-layer caches
+# (exact for any length); causal Demucs recomputes its left context.
 PRESETS: dict[str, dict[str, Any]] = {
     "unet": TINY_UNET,
     "multi_unet": TINY_UNET,
@@ -159,3 +165,34 @@ def test_causal_plan_hop_sets_latency_and_still_matches() -> None:
     model = TinyCausalNet()
     stats = check_equivalence(model, "cpu", seconds=1.0, open_params=None, causal_hop=8)
     assert stats["windows"] > 0
+
+
+@pytest.mark.parametrize(
+    ("preset", "config"),
+    [
+        ("conv_tasnet_causal", {**TINY_CONV_TASNET, "causal": True}),  # cLN: unbounded receptive field
+        ("tasnet_causal", {"N": 16, "L": 8, "hidden": 8, "layers": 2}),  # LSTM state
+    ],
+)
+def test_cached_models_stay_exact_far_beyond_any_context_cap(preset: str, config: dict[str, Any]) -> None:
+    """With per-layer caches nothing is capped: a 3 s stream with a 0.05 s "context cap" is exact."""
+    model = registry.build(preset, config).eval()
+    engine = make_engine()
+    try:
+        plan = engine.load_model("probe", model=copy.deepcopy(model), warm_up=False).plan
+        assert plan["cached"] and plan["context"] == 0 and plan["exact"]
+    finally:
+        engine.shutdown()
+    stats = check_equivalence(model, "cpu", seconds=3.0, open_params=None, causal_context_s=0.05)
+    assert stats["windows"] > 0
+
+
+def test_cached_plan_steps_every_4_ms_at_a_latency_of_step_plus_delay() -> None:
+    from models.apply import plan_for
+
+    model = registry.build("conv_tasnet_causal", {**TINY_CONV_TASNET, "L": 16, "causal": True})
+    plan = plan_for(model.describe())  # 8 kHz, stride 8, stream delay 8
+    assert (plan.hop, plan.context, plan.lookahead) == (32, 0, 8)
+    assert plan.latency == 8 + 32 - 1  # 4.9 ms
+    recompute = plan_for(model.describe(), causal_cached=False)
+    assert recompute.context >= 4 * 8000 and recompute.latency > 10 * plan.latency
