@@ -96,6 +96,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--channels", type=int, default=2, help="audio channels (ports) (default 2)")
     parser.add_argument("--jack-server", default=None, help="JACK server name (default: $JACK_DEFAULT_SERVER)")
+    parser.add_argument(
+        "--no-transport",
+        action="store_true",
+        help="JACK: do not reset the session when JACK transport stops or relocates",
+    )
     parser.add_argument("--connect-in", action="append", default=[], metavar="PORT", help="JACK port -> in_N (repeat)")
     parser.add_argument(
         "--connect-out", action="append", default=[], metavar="PORT", help="out_N -> JACK port (repeat)"
@@ -151,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         from plugin_bridge.jack_front import JackFront
 
         try:
-            front = JackFront(args.name, args.channels, args.jack_server)
+            front = JackFront(args.name, args.channels, args.jack_server, follow_transport=not args.no_transport)
         except Exception as err:  # jack.JackError, or no libjack
             print(f"stemserve bridge: cannot open a JACK client: {err}")
             return 1

@@ -13,6 +13,16 @@ cycle; the bridge's own path allocates nothing.
 The fixed latency is published to JACK's latency API (ports' capture /
 playback latency ranges), so latency-aware hosts compensate for it, and the
 JACK server's xrun notifications are counted in ``Counters.xruns``.
+
+**Transport.** Unless told not to (``follow_transport=False``), the front
+follows JACK transport, which DAWs on JACK (Ardour, Qtractor...) drive: a
+stop, and any relocation (the cycle's transport frame is not the last one
+plus, if it was rolling, the last cycle's length) reset the bridge's session
+(:meth:`Bridge.reset`: the server's model state is cleared, the latency
+kept), counted in ``Counters.transport_resets``. Starting to roll is not a
+reset. The check runs in the process callback, where the transport frame is
+exact for the cycle; it reads two numbers and, on a change, bumps a counter
+and sets an event, as the bridge's callback already does every cycle.
 """
 
 from __future__ import annotations
@@ -79,7 +89,13 @@ class JackFront:
     are known), build the bridge with :meth:`settings_for`, then :meth:`start`.
     """
 
-    def __init__(self, name: str = "stemserve", channels: int = 2, server_name: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "stemserve",
+        channels: int = 2,
+        server_name: str | None = None,
+        follow_transport: bool = True,
+    ) -> None:
         import jack
 
         self._jack = jack
@@ -96,6 +112,8 @@ class JackFront:
         self._latency_cb: Any = None  # keep the ctypes callback alive
         self.shutdown = threading.Event()
         self.xrun_delays_us: list[float] = []
+        self.follow_transport = follow_transport
+        self._transport: tuple[Any, int, int] | None = None  # (state, frame, cycle length) of the last cycle
 
     @property
     def name(self) -> str:
@@ -128,6 +146,8 @@ class JackFront:
         bridge = self.bridge
         if bridge is None:
             return
+        if self.follow_transport:
+            self._follow(bridge, frames)
         inp = self._in[:, :frames]
         out = self._out[:, :frames]
         for c, port in enumerate(self.inports):
@@ -135,6 +155,27 @@ class JackFront:
         bridge.callback(inp, out)
         for c, port in enumerate(self.outports):
             port.get_array()[:] = out[c]
+
+    def _follow(self, bridge: Bridge, frames: int) -> None:
+        """Reset the session on a transport stop, a locate while stopped, or a jump while rolling."""
+        jack = self._jack
+        # The queried position is the frame at this cycle's start (the client's own struct, reused);
+        # transport_frame would be an estimate of "now", which drifts within the cycle.
+        state, position = self.client.transport_query_struct()
+        frame = int(position.frame)
+        last = self._transport
+        self._transport = (state, frame, frames)
+        if last is None:
+            return
+        last_state, last_frame, last_frames = last
+        # Only a rolling transport advances (STARTING holds its frame while slow-sync clients get ready;
+        # a locate while rolling passes through STARTING at the new frame).
+        expected = last_frame + (last_frames if last_state == jack.ROLLING else 0)
+        stopped = state == jack.STOPPED and last_state != jack.STOPPED
+        jumped = stopped or frame != expected
+        if jumped:
+            bridge.counters.transport_resets += 1
+            bridge.reset()
 
     def _xrun(self, delayed_usecs: float) -> None:
         if self.bridge is not None:

@@ -40,8 +40,9 @@ class Counters:
     gap_frames: int = 0  # frames with no session to deliver them (not connected yet, reconnecting)
     muted_frames: int = 0  # frames silenced after a reset (their estimates belong to pre-reset audio)
     callback_errors: int = 0
-    # audio front (its notification thread)
+    # audio front (its notification thread; transport resets: the JACK process callback)
     xruns: int = 0
+    transport_resets: int = 0  # JACK transport stops and relocations that reset the session
     # network thread
     blocks_sent: int = 0
     blocks_received: int = 0

@@ -197,3 +197,66 @@ def test_jack_bridge_impulse_latency_equals_reported_latency(tmp_path) -> None:
     assert counters["xruns"] <= driver_xruns + len(late_clients)
     if load < IDLE_LOAD:
         assert counters["xruns"] == 0, counters
+
+
+def test_jack_transport_stop_and_relocation_reset_the_session(tmp_path, server_address: str) -> None:  # type: ignore[no-untyped-def]
+    """The JACK front follows JACK transport as a DAW drives it: rolling on is not a reset; a jump
+    while rolling, a stop, and a locate while stopped each reset the session (latency unchanged)."""
+    from plugin_bridge.bridge import Bridge, BridgeSettings
+    from plugin_bridge.jack_front import JackFront
+
+    server_name = f"stemserve-test-{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ, JACK_NO_AUDIO_RESERVATION="1")
+    jack_log = open(tmp_path / "jackd.log", "wb")  # noqa: SIM115 (closed in finally)
+    jackd = subprocess.Popen(
+        ["jackd", "-n", server_name, "-d", "dummy", "-r", str(RATE), "-p", str(PERIOD)],
+        env=env,
+        stdout=jack_log,
+        stderr=subprocess.STDOUT,
+    )
+    front = control = None
+    try:
+        clients: list[jack.Client] = []
+        wait_for(
+            lambda: clients.append(c) or True if (c := jack_client("control", server_name)) else False, 20, "jackd"
+        )
+        control = clients[0]
+        front = JackFront("stembridge", 2, server_name)
+        bridge = Bridge(BridgeSettings(server_address, "ident", RATE, 2, max_block=PERIOD, margin_samples=PERIOD))
+        front.attach(bridge)
+        assert bridge.start(wait_s=30) is not None
+        total = bridge.latency_samples
+        front.start()
+        counters = bridge.counters
+
+        def settle() -> None:
+            time.sleep(0.25)  # dozens of JACK cycles
+
+        control.transport_frame = 0
+        settle()
+        before = counters.transport_resets  # the initial locate may or may not reset: measure from here
+        control.transport_start()
+        settle()
+        assert counters.transport_resets == before, "starting to roll is not a reset"
+        control.transport_frame = 10 * RATE  # a seek while rolling
+        settle()
+        assert counters.transport_resets == before + 1
+        control.transport_stop()
+        settle()
+        assert counters.transport_resets == before + 2
+        settle()
+        assert counters.transport_resets == before + 2, "standing still is not a reset"
+        control.transport_frame = 3 * RATE  # a locate while stopped
+        settle()
+        assert counters.transport_resets == before + 3
+        wait_for(lambda: bridge.timeline.reset_requested >= before + 3, 5, "resets requested")
+        assert bridge.latency_samples == total and counters.callback_errors == 0
+        bridge.stop()
+    finally:
+        if front is not None:
+            front.stop()
+        if control is not None:
+            control.close()
+        jackd.send_signal(signal.SIGTERM)
+        jackd.wait(20)
+        jack_log.close()
