@@ -2,8 +2,13 @@
 
 On Linux PortAudio can also talk to JACK (host API "JACK Audio Connection
 Kit"), but :mod:`plugin_bridge.jack_front` is the better JACK client (named
-ports, latency published to JACK); this front is for ALSA / CoreAudio / WASAPI
-devices and for machines without the ``jack`` Python package.
+ports, latency published to JACK, transport followed, no added buffer); this
+front is for ALSA / CoreAudio / WASAPI devices and for machines without the
+``jack`` Python package. Through PortAudio's JACK host API an impulse comes
+out after the bridge's latency plus one buffer (``frames_per_buffer``), which
+PortAudio adds between the JACK ports and the callback
+(``tests/plugin_bridge/test_pyaudio.py`` measures it); device latency of other
+host APIs is the host's to compensate, as for any audio interface.
 
 PyAudio hands the callback ``bytes`` and wants ``bytes`` back, so this front
 makes one input view and one output ``bytes`` object per callback (the
