@@ -36,6 +36,14 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=16, help="windows per forward pass, at most")
     parser.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits to fill")
     parser.add_argument("--idle-timeout", type=float, default=30.0, help="seconds before an idle session expires")
+    parser.add_argument(
+        "--causal-hop",
+        type=int,
+        default=None,
+        metavar="SAMPLES",
+        help="step of causal waveform models, in samples at the model's rate (default: 4 ms on GPU, 16 ms on CPU "
+        "with per-layer caches; 512 otherwise)",
+    )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +104,7 @@ def build_engine(args: argparse.Namespace) -> Engine:
             max_batch=args.max_batch,
             max_wait_ms=args.max_wait_ms,
             idle_timeout_s=args.idle_timeout,
+            causal_hop=args.causal_hop,
         )
     )
 

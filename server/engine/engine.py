@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from models.apply import (
     DEFAULT_CACHED_STEP_CPU_S,
@@ -139,6 +140,23 @@ class ModelInfo:
     ready: bool
 
 
+def default_plan(description: ModelDescription, config: EngineConfig, device: torch.device) -> Plan:
+    """The plan the engine follows for a model unless given one: :func:`models.apply.plan_for` with
+    the config's overrides; causal models with per-layer caches step every 4 ms on a GPU, 16 ms on a CPU."""
+    c = config
+    return plan_for(
+        description,
+        window_hop=c.window_hop,
+        lookahead=c.window_lookahead,
+        weighting=c.weighting,
+        segment=c.segment,
+        causal_hop=c.causal_hop,
+        unbounded_context_s=c.causal_context_s,
+        max_latency_s=None if c.max_latency_ms is None else c.max_latency_ms / 1000,
+        cached_step_s=DEFAULT_CACHED_STEP_S if device.type == "cuda" else DEFAULT_CACHED_STEP_CPU_S,
+    )
+
+
 def make_streamer(description: ModelDescription, plan: Plan) -> Streamer:
     """The streaming strategy for a model: window batcher, causal streamer or chunked overlap."""
     if description.domain == "spectrogram":
@@ -203,17 +221,7 @@ class Engine:
             loaded = self._pool.load(name, path, config=config, model=model)
             d = loaded.description
             c = self.config
-            chosen = plan or plan_for(
-                d,
-                window_hop=c.window_hop,
-                lookahead=c.window_lookahead,
-                weighting=c.weighting,
-                segment=c.segment,
-                causal_hop=c.causal_hop,
-                unbounded_context_s=c.causal_context_s,
-                max_latency_s=None if c.max_latency_ms is None else c.max_latency_ms / 1000,
-                cached_step_s=DEFAULT_CACHED_STEP_S if loaded.device.type == "cuda" else DEFAULT_CACHED_STEP_CPU_S,
-            )
+            chosen = plan or default_plan(d, self.config, loaded.device)
             streamer = make_streamer(d, chosen)
             batch_sizes = (
                 c.batch_sizes if c.batch_sizes is not None else default_batch_sizes(c.max_batch, loaded.device)

@@ -167,3 +167,17 @@ def test_serve_with_no_arguments_starts_and_answers_list_models() -> None:
             process.kill()
             raise
     assert code == 0
+
+
+def test_serve_cli_passes_engine_settings_through() -> None:
+    import argparse
+
+    from server import serve_cli
+
+    parser = argparse.ArgumentParser()
+    serve_cli.configure(parser)
+    engine = serve_cli.build_engine(parser.parse_args(["--device", "cpu", "--causal-hop", "64", "--max-batch", "4"]))
+    try:
+        assert (engine.config.causal_hop, engine.config.max_batch, engine.config.device) == (64, 4, "cpu")
+    finally:
+        engine.shutdown()
