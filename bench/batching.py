@@ -28,22 +28,30 @@ DEFAULT_MODELS = ("conditioned_unet", "conv_tasnet_causal")
 def windows_per_second(name: str, options: Options, sizes: tuple[int, ...], min_seconds: float) -> list[dict[str, Any]]:
     import torch
 
-    from models.apply import plan_for
     from server.engine.batcher import WindowBatcher, WorkItem
-    from server.engine.engine import make_streamer
+    from server.engine.engine import EngineConfig, default_plan, make_streamer
     from server.engine.pool import LoadedModel, resolve_device
-    from server.engine.work import ItemSpec
+    from server.engine.work import ItemSpec, StateSlot
 
     s = subject(name, options.tiny)
-    model = LoadedModel(name, s.build(), resolve_device(options.device))
+    device = resolve_device(options.device)
+    model = LoadedModel(name, s.build(), device)
     d = model.description
-    streamer = make_streamer(d, plan_for(d))
+    streamer = make_streamer(d, default_plan(d, EngineConfig(), device))  # the engine's plan on this device
     shape = streamer.item_shape
     batcher = WindowBatcher(model, shape, max(sizes), None, lambda item: True)
     gen = torch.Generator().manual_seed(0)
     owners = [object() for _ in range(max(sizes))]  # one session per item: a shared batch
+    # A causal model with per-layer caches steps with each session's caches, as in the engine.
     items = [
-        WorkItem(owner, 0, ItemSpec(torch.rand(shape, generator=gen), k % len(d.sources), k), True)
+        WorkItem(
+            owner,
+            0,
+            ItemSpec(
+                torch.rand(shape, generator=gen), k % len(d.sources), k, StateSlot() if streamer.stateful else None
+            ),
+            True,
+        )
         for k, owner in enumerate(owners)
     ]
     rows: list[dict[str, Any]] = []

@@ -71,9 +71,12 @@ def model_budget(name: str, options: Options, repeats: int, causal_hop: int | No
     x = torch.rand(1, *shape)
     target = torch.zeros(1, dtype=torch.long) if loaded.description.conditioned else None
 
+    states = [loaded.fresh_state()] if streamer.stateful else []
+
     def once() -> None:
-        if streamer.stateful:
-            loaded.run_step(x, [loaded.fresh_state()])
+        nonlocal states
+        if streamer.stateful:  # a session's next step, with the caches the last one left
+            _, states = loaded.run_step(x, states)
         else:
             loaded.run(x, target)
 

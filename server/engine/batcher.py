@@ -175,7 +175,7 @@ class SpectrogramStreamer(Streamer):
         assert self.plan.hop_length is not None
         return self.description.sample_rate / (self.plan.hop * self.plan.hop_length)
 
-    def new_stream(self, stems: Sequence[int]) -> SpectrogramStream:
+    def new_stream(self, stems: Sequence[int], realtime: bool = True) -> SpectrogramStream:
         return SpectrogramStream(self.plan, self.description.audio_channels, stems, self.description)
 
 
@@ -253,10 +253,11 @@ class WindowBatcher:
         return self._realtime[0].created if self._realtime else None
 
     def take(self) -> list[WorkItem]:
-        """Up to ``max_batch`` live items, real-time first; at most one per cached stream
-        (its next step needs the caches this one leaves), the others keep their place."""
+        """Up to ``max_batch`` live items of one shape, real-time first; at most one per cached
+        stream (its next step needs the caches this one leaves). Items left out keep their place."""
         batch: list[WorkItem] = []
         streams: set[int] = set()
+        shape: torch.Size | None = None
         for queue in (self._realtime, self._offline):
             later: list[WorkItem] = []
             while queue and len(batch) < self.max_batch:
@@ -264,11 +265,14 @@ class WindowBatcher:
                 if not self._is_live(item):
                     continue
                 slot = item.spec.state
+                if (slot is not None and id(slot) in streams) or (
+                    shape is not None and item.spec.inputs.shape != shape
+                ):
+                    later.append(item)
+                    continue
                 if slot is not None:
-                    if id(slot) in streams:
-                        later.append(item)
-                        continue
                     streams.add(id(slot))
+                shape = item.spec.inputs.shape
                 batch.append(item)
             queue.extendleft(reversed(later))
         return batch
@@ -292,7 +296,7 @@ class WindowBatcher:
         fails another's blocks).
         """
         size = self.padded_size(len(items))
-        inputs = torch.zeros(size, *self.item_shape)
+        inputs = torch.zeros(size, *items[0].spec.inputs.shape)  # item_shape, or a file job's longer step
         for i, item in enumerate(items):
             inputs[i] = item.spec.inputs
         targets = None
@@ -334,7 +338,7 @@ class WindowBatcher:
 
     def _run_one(self, item: WorkItem) -> torch.Tensor | BaseException:
         size = self.padded_size(1)
-        inputs = torch.zeros(size, *self.item_shape)
+        inputs = torch.zeros(size, *item.spec.inputs.shape)
         inputs[0] = item.spec.inputs
         targets = None
         if self.model.description.conditioned:

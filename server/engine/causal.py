@@ -9,7 +9,9 @@ model's ``stream_step`` with the session's caches (convolution tails,
 cumulative-norm sums, LSTM states; see :mod:`models.streaming`) and keeps the
 caches the step returns. A step costs its new samples only, so steps can be a
 few milliseconds long. Items of one session run in order, one per batch;
-items of different sessions share batches.
+items of different sessions share batches. File jobs (offline sessions) step
+about once a second instead (:data:`OFFLINE_STEP_S`): their latency is not
+heard, and a step has a fixed cost of a few milliseconds whatever its length.
 
 **Recomputed context** (:class:`CausalStream`, e.g. causal Demucs). The model
 is a black box with a stated receptive field, lookahead and stride
@@ -38,6 +40,10 @@ import torch.nn.functional as F
 from models.apply import CausalPlan
 from models.description import ModelDescription
 from server.engine.work import ItemSpec, SampleBuffer, StateSlot, Stream, Streamer, stem_slots, take_stems
+
+# A file job needs no short steps: its cached stream steps about once a second of audio, so the
+# per-step fixed cost (a few ms) stops dominating (a 4 ms step made Separate 40x slower than one pass).
+OFFLINE_STEP_S = 1.0
 
 
 class CausalStream(Stream):
@@ -91,8 +97,9 @@ class CausalStream(Stream):
 class CachedCausalStream(Stream):
     """Per-session input not yet stepped, the model's caches, and the finished output."""
 
-    def __init__(self, plan: CausalPlan, channels: int, stems: Sequence[int]) -> None:
+    def __init__(self, plan: CausalPlan, channels: int, stems: Sequence[int], hop: int | None = None) -> None:
         self.plan = plan
+        self.hop = hop or plan.hop
         self.channels = channels
         self.stems = list(stems)
         self.reset()
@@ -104,7 +111,7 @@ class CachedCausalStream(Stream):
         self._out: list[torch.Tensor] = []
 
     def push(self, audio: torch.Tensor) -> list[ItemSpec]:
-        hop = self.plan.hop
+        hop = self.hop
         buf = torch.cat([self._pending, audio], dim=1) if self._pending.shape[1] else audio
         steps = buf.shape[1] // hop
         items = []
@@ -146,7 +153,18 @@ class CausalStreamer(Streamer):
     def steps_per_second(self) -> float:
         return self.description.sample_rate / self.plan.hop
 
-    def new_stream(self, stems: Sequence[int]) -> Stream:
+    def offline_hop(self) -> int:
+        """Step of a file job's cached stream: about ``OFFLINE_STEP_S``, a multiple of the real-time step."""
+        plan = self.plan
+        return max(plan.hop, round(OFFLINE_STEP_S * self.description.sample_rate / plan.hop) * plan.hop)
+
+    def stream_latency(self, realtime: bool = True) -> int:
+        if realtime or not self.plan.cached:
+            return self.latency
+        return self.plan.lookahead + self.offline_hop() - 1
+
+    def new_stream(self, stems: Sequence[int], realtime: bool = True) -> Stream:
         if self.plan.cached:
-            return CachedCausalStream(self.plan, self.description.audio_channels, stems)
+            hop = None if realtime else self.offline_hop()
+            return CachedCausalStream(self.plan, self.description.audio_channels, stems, hop)
         return CausalStream(self.plan, self.description.audio_channels, stems, self.description)

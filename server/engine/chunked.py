@@ -99,5 +99,5 @@ class ChunkedOverlap(Streamer):
     def steps_per_second(self) -> float:
         return self.description.sample_rate / self.plan.hop
 
-    def new_stream(self, stems: Sequence[int]) -> ChunkStream:
+    def new_stream(self, stems: Sequence[int], realtime: bool = True) -> ChunkStream:
         return ChunkStream(self.plan, self.description.audio_channels, stems, self.description)

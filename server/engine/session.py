@@ -313,16 +313,16 @@ class Session:
         self.released = False  # closing: its real-time share is free (set under the scheduler's lock)
 
         stem_index = [d.sources.index(s) for s in stems]
-        self.stream = streamer.new_stream(stem_index)
+        self.stream = streamer.new_stream(stem_index, realtime)
         self._in: StreamResampler | None = None
         self._out: StreamResampler | None = None
         resampler = 0
-        model_part = streamer.latency
+        model_part = streamer.stream_latency(realtime)
         if sample_rate != d.sample_rate:
             self._in = StreamResampler(sample_rate, d.sample_rate, d.audio_channels, resample_quality)
             self._out = StreamResampler(d.sample_rate, sample_rate, len(stems) * channels, resample_quality)
             ratio = sample_rate / d.sample_rate
-            model_part = math.ceil(streamer.latency * ratio)
+            model_part = math.ceil(streamer.stream_latency(realtime) * ratio)
             # in: soxr's lag at the model's rate, scaled; out: at the client's rate.
             resampler = math.ceil(self._in.max_lag * ratio + self._out.max_lag)
         self.latency = LatencyParts(model_part, buffer_samples, resampler, sample_rate)

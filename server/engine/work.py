@@ -122,8 +122,15 @@ class Streamer(ABC):
         """
 
     @abstractmethod
-    def new_stream(self, stems: Sequence[int]) -> Stream:
-        """A fresh per-session stream computing the sources with these indices."""
+    def new_stream(self, stems: Sequence[int], realtime: bool = True) -> Stream:
+        """A fresh per-session stream computing the sources with these indices.
+
+        ``realtime`` False: a file job's stream, which may take longer steps (see
+        :meth:`stream_latency`)."""
+
+    def stream_latency(self, realtime: bool = True) -> int:
+        """Algorithmic latency of a stream made by :meth:`new_stream` with ``realtime``."""
+        return self.latency
 
     def items_per_second(self, stems: int) -> float:
         passes = stems if self.description.conditioned else 1

@@ -196,3 +196,29 @@ def test_cached_plan_steps_every_4_ms_at_a_latency_of_step_plus_delay() -> None:
     assert plan.latency == 8 + 32 - 1  # 4.9 ms
     recompute = plan_for(model.describe(), causal_cached=False)
     assert recompute.context >= 4 * 8000 and recompute.latency > 10 * plan.latency
+
+
+def test_file_jobs_step_a_cached_model_in_long_steps_and_still_match_offline() -> None:
+    """A file job's stream steps about once a second (its latency is not heard; a step's fixed cost is),
+    reports that latency, and shares the worker with real-time sessions stepping every few ms."""
+    model = registry.build("conv_tasnet_causal", {**TINY_CONV_TASNET, "causal": True}).eval()
+    reference = copy.deepcopy(model)
+    engine = make_engine()
+    try:
+        engine.load_model("m", model=model)
+        live = engine.open_session("m", 8000, 1)
+        offline = engine.open_session("m", 8000, 1, realtime=False)
+        assert live.latency.total == 4 + 128 - 1  # delay L - L/2 = 4 (L = 8), the CPU step: 16 ms
+        assert offline.latency.total == 4 + 62 * 128 - 1  # steps of 62 x 128 samples, the nearest to 1 s
+        engine.close(offline.id)
+        rng = np.random.default_rng(5)
+        signal = (0.5 * rng.standard_normal((1, 8000 * 3 + 123))).astype(np.float32)
+        live_future = engine.submit(live.id, 0, signal[:, :4096])
+        chunks = dict(engine.separate_file("m", signal, 8000))
+        out = np.concatenate([chunks[k] for k in sorted(chunks)], axis=-1)
+        ref = separate_signal(reference, torch.from_numpy(signal)).numpy()
+        assert out.shape == ref.shape
+        assert np.abs(out - ref).max() <= TOLERANCE
+        assert live_future.result(timeout=TIMEOUT).stems.shape[-1] == 4096
+    finally:
+        engine.shutdown()
