@@ -37,6 +37,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits to fill")
     parser.add_argument("--idle-timeout", type=float, default=30.0, help="seconds before an idle session expires")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per forward pass (torch intra-op; default: torch's, one per core). On small "
+        "machines 1 can be much faster: see docs/server.md",
+    )
+    parser.add_argument(
         "--causal-hop",
         type=int,
         default=None,
@@ -97,6 +104,12 @@ def build_engine(args: argparse.Namespace) -> Engine:
     (so the server answers health NOT_SERVING while they load)."""
     from server.engine.engine import Engine, EngineConfig
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError("--threads must be >= 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     return Engine(
         EngineConfig(
             device=args.device,

@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from plugin_bridge.client import StemClient, StemServeError
 from protos import stemserve_pb2 as pb
@@ -176,8 +177,12 @@ def test_serve_cli_passes_engine_settings_through() -> None:
 
     parser = argparse.ArgumentParser()
     serve_cli.configure(parser)
-    engine = serve_cli.build_engine(parser.parse_args(["--device", "cpu", "--causal-hop", "64", "--max-batch", "4"]))
+    threads = torch.get_num_threads()
+    args = ["--device", "cpu", "--causal-hop", "64", "--max-batch", "4", "--threads", "1"]
+    engine = serve_cli.build_engine(parser.parse_args(args))
     try:
         assert (engine.config.causal_hop, engine.config.max_batch, engine.config.device) == (64, 4, "cpu")
+        assert torch.get_num_threads() == 1
     finally:
         engine.shutdown()
+        torch.set_num_threads(threads)
