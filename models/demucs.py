@@ -227,7 +227,9 @@ class EncoderLayer(nn.Module):
         self.rewrite = nn.Conv1d(channels, 2 * channels if glu else channels, 1) if rewrite else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.conv(F.pad(x, (self.left_pad, 0))))  # (batch, channels, T')
+        if self.left_pad:
+            x = F.pad(x, (self.left_pad, 0))
+        x = torch.relu(self.conv(x))  # (batch, channels, T')
         if self.rewrite is not None:
             y = self.rewrite(x)  # (batch, 2*channels or channels, T')
             x = F.glu(y, dim=1) if self.glu else torch.relu(y)  # (batch, channels, T')
@@ -260,14 +262,20 @@ class DecoderLayer(nn.Module):
         self.final_relu = final_relu
         self.stride = stride
         self.trim = kernel_size - stride if causal else 0
-        self.context_pad = (2 * context, 0) if causal else (context, context)
-        self.rewrite = nn.Conv1d(channels, 2 * channels if glu else channels, 2 * context + 1) if rewrite else None
+        # Causal: all context on the left, padded explicitly; otherwise the conv pads both sides itself
+        # (no padded copy of the input).
+        self.context_pad = 2 * context if causal else 0
+        width = 2 * channels if glu else channels
+        padding = 0 if causal else context
+        self.rewrite = nn.Conv1d(channels, width, 2 * context + 1, padding=padding) if rewrite else None
         self.conv_tr = nn.ConvTranspose1d(channels, out_channels, kernel_size, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         frames = x.shape[-1]
         if self.rewrite is not None:
-            y = self.rewrite(F.pad(x, self.context_pad))  # (batch, 2*channels or channels, T)
+            if self.context_pad:
+                x = F.pad(x, (self.context_pad, 0))
+            y = self.rewrite(x)  # (batch, 2*channels or channels, T)
             x = F.glu(y, dim=1) if self.glu else torch.relu(y)  # (batch, channels, T)
         x = self.conv_tr(x)  # (batch, out_channels, (T - 1) * S + K)
         if self.trim:
