@@ -16,13 +16,13 @@ JACK server's xrun notifications are counted in ``Counters.xruns``.
 
 **Transport.** Unless told not to (``follow_transport=False``), the front
 follows JACK transport, which DAWs on JACK (Ardour, Qtractor...) drive: a
-stop, and any relocation (the cycle's transport frame is not the last one
-plus, if it was rolling, the last cycle's length) reset the bridge's session
-(:meth:`Bridge.reset`: the server's model state is cleared, the latency
-kept), counted in ``Counters.transport_resets``. Starting to roll is not a
-reset. The check runs in the process callback, where the transport frame is
-exact for the cycle; it reads two numbers and, on a change, bumps a counter
-and sets an event, as the bridge's callback already does every cycle.
+thread polls it every ``TRANSPORT_POLL_S`` and a stop, a locate while
+stopped, or a jump while rolling (the frame moved by more than a period
+beyond what JACK's clock says a rolling transport advanced) resets the
+bridge's session (:meth:`Bridge.reset`: the server's model state is cleared,
+the latency kept), counted in ``Counters.transport_resets``. Starting to roll
+is not a reset. The process callback is left alone: querying the transport
+there, from Python, measurably caused xruns on the test machine.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ from plugin_bridge.bridge import Bridge
 
 log = logging.getLogger(__name__)
 
+# How often the transport is polled: a DAW's stop or seek resets the session within this.
+TRANSPORT_POLL_S = 0.05
 CAPTURE_LATENCY = 0  # jack_latency_callback_mode_t: JackCaptureLatency
 PLAYBACK_LATENCY = 1  # JackPlaybackLatency
 
@@ -113,7 +115,8 @@ class JackFront:
         self.shutdown = threading.Event()
         self.xrun_delays_us: list[float] = []
         self.follow_transport = follow_transport
-        self._transport: tuple[Any, int, int] | None = None  # (state, frame, cycle length) of the last cycle
+        self._stop_polling = threading.Event()
+        self._poller: threading.Thread | None = None
 
     @property
     def name(self) -> str:
@@ -146,8 +149,6 @@ class JackFront:
         bridge = self.bridge
         if bridge is None:
             return
-        if self.follow_transport:
-            self._follow(bridge, frames)
         inp = self._in[:, :frames]
         out = self._out[:, :frames]
         for c, port in enumerate(self.inports):
@@ -156,26 +157,35 @@ class JackFront:
         for c, port in enumerate(self.outports):
             port.get_array()[:] = out[c]
 
-    def _follow(self, bridge: Bridge, frames: int) -> None:
-        """Reset the session on a transport stop, a locate while stopped, or a jump while rolling."""
+    def _follow_transport(self) -> None:
+        """Poll JACK transport (its own thread, never the process callback) and reset the session on a
+        stop, a locate while stopped, or a jump while rolling."""
         jack = self._jack
-        # The queried position is the frame at this cycle's start (the client's own struct, reused);
-        # transport_frame would be an estimate of "now", which drifts within the cycle.
-        state, position = self.client.transport_query_struct()
-        frame = int(position.frame)
-        last = self._transport
-        self._transport = (state, frame, frames)
-        if last is None:
-            return
-        last_state, last_frame, last_frames = last
-        # Only a rolling transport advances (STARTING holds its frame while slow-sync clients get ready;
-        # a locate while rolling passes through STARTING at the new frame).
-        expected = last_frame + (last_frames if last_state == jack.ROLLING else 0)
-        stopped = state == jack.STOPPED and last_state != jack.STOPPED
-        jumped = stopped or frame != expected
-        if jumped:
-            bridge.counters.transport_resets += 1
-            bridge.reset()
+        last: tuple[Any, int, int] | None = None
+        while not self._stop_polling.wait(TRANSPORT_POLL_S):
+            bridge = self.bridge
+            if bridge is None:
+                continue
+            state, position = self.client.transport_query_struct()
+            frame, usecs = int(position.frame), int(position.usecs)
+            if last is not None:
+                last_state, last_frame, last_usecs = last
+                # A rolling transport advances with JACK's clock; anything else holds its frame
+                # (STARTING too: a locate while rolling passes through it at the new frame).
+                elapsed = (usecs - last_usecs) * self.sample_rate / 1e6
+                moved = frame - last_frame
+                slack = max(self.blocksize, 1)
+                if last_state == jack.ROLLING:
+                    jumped = abs(moved - elapsed) > slack
+                elif state == jack.ROLLING:  # started since the last poll: it may have rolled part of the time
+                    jumped = not -slack <= moved <= elapsed + slack
+                else:
+                    jumped = moved != 0
+                stopped = state == jack.STOPPED and last_state != jack.STOPPED
+                if stopped or jumped:
+                    bridge.counters.transport_resets += 1
+                    bridge.reset()
+            last = (state, frame, usecs)
 
     def _xrun(self, delayed_usecs: float) -> None:
         if self.bridge is not None:
@@ -232,6 +242,9 @@ class JackFront:
             raise RuntimeError("attach a bridge first")
         self.client.activate()
         self.publish_latency()
+        if self.follow_transport:
+            self._poller = threading.Thread(target=self._follow_transport, name="stemserve-jack-transport", daemon=True)
+            self._poller.start()
         for source, port in zip(connect_inputs, self.inports, strict=False):
             self.client.connect(source, port)
         for port, dest in zip(self.outports, connect_outputs, strict=False):
@@ -243,6 +256,9 @@ class JackFront:
             self._lib.jack_recompute_total_latencies(_address(self.client._ptr))
 
     def stop(self) -> None:
+        self._stop_polling.set()
+        if self._poller is not None:
+            self._poller.join(1.0)
         try:
             self.client.deactivate()
         finally:

