@@ -259,33 +259,38 @@ class TCNBlock(nn.Module):
         self.residual = nn.Conv1d(hidden, bottleneck, 1) if residual else None
         self.skip = nn.Conv1d(hidden, skip, 1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-        y = self.norm1(self.act1(self.expand(x)))  # (batch, H, frames)
-        y = self.norm2(self.act2(self.depthwise(y)))  # (batch, H, frames)
+    def forward(
+        self, x: torch.Tensor, stream: Stream | None = None, prefix: str = ""
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Offline, or (``stream`` given) the next frames of a stream: this block's entries of
+        ``stream.cache`` (keys starting with ``prefix``) are read and replaced."""
+        y = _norm(self.norm1, self.act1(self.expand(x)), stream, prefix + "norm1")  # (batch, H, frames)
+        if stream is None:
+            y = self.depthwise(y)
+        else:
+            y, stream.cache[prefix + "conv"] = self.depthwise.step(y, stream.cache[prefix + "conv"])
+        y = _norm(self.norm2, self.act2(y), stream, prefix + "norm2")  # (batch, H, frames)
         skip = self.skip(y)  # (batch, Sc, frames)
         if self.residual is None:
             return None, skip
         return x + self.residual(y), skip  # (batch, B, frames), (batch, Sc, frames)
 
-    def step(
-        self, x: torch.Tensor, cache: dict[str, torch.Tensor], frames: torch.Tensor, prefix: str
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Streaming form of :meth:`forward`; reads and replaces this block's entries of ``cache``."""
-        y = _norm_step(self.norm1, self.act1(self.expand(x)), cache, frames, prefix + "norm1")
-        y, cache[prefix + "conv"] = self.depthwise.step(y, cache[prefix + "conv"])
-        y = _norm_step(self.norm2, self.act2(y), cache, frames, prefix + "norm2")
-        skip = self.skip(y)
-        if self.residual is None:
-            return None, skip
-        return x + self.residual(y), skip
+
+@dataclass
+class Stream:
+    """A streaming call's caches (``TemporalConvNet.cache_shapes`` keys, flattened batch) and the
+    number of frames each stream has seen before this call, ``(batch, 1)`` float64."""
+
+    cache: dict[str, torch.Tensor]
+    frames: torch.Tensor
 
 
-def _norm_step(
-    norm: nn.Module, x: torch.Tensor, cache: dict[str, torch.Tensor], frames: torch.Tensor, key: str
-) -> torch.Tensor:
-    """One normalisation layer in streaming form (cLN carries running statistics; channel norm is local)."""
+def _norm(norm: nn.Module, x: torch.Tensor, stream: Stream | None, key: str) -> torch.Tensor:
+    """One normalisation layer, offline or streaming (cLN carries running statistics; channel norm is local)."""
+    if stream is None:
+        return norm(x)
     if isinstance(norm, CumulativeLayerNorm):
-        y, cache[key] = norm.step(x, cache[key], frames)
+        y, stream.cache[key] = norm.step(x, stream.cache[key], stream.frames)
         return y
     if isinstance(norm, ChannelLayerNorm):
         return norm(x)
@@ -325,12 +330,13 @@ class TemporalConvNet(nn.Module):
         self.mask_conv = nn.Conv1d(Sc, sources * N, 1)
         self.mask_activation: nn.Module = nn.Sigmoid() if mask_activation == "sigmoid" else nn.ReLU()
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
+    def forward(self, w: torch.Tensor, stream: Stream | None = None) -> torch.Tensor:
+        """Offline, or (``stream`` given) the next frames of a stream, updating its caches."""
         batch, _, frames = w.shape
-        x = self.bottleneck(self.input_norm(w))  # (batch, B, frames)
+        x = self.bottleneck(_norm(self.input_norm, w, stream, "input_norm"))  # (batch, B, frames)
         skips = torch.zeros((), device=w.device, dtype=w.dtype)
-        for block in self.blocks:
-            residual, skip = block(x)  # (batch, B, frames) or None, (batch, Sc, frames)
+        for i, block in enumerate(self.blocks):
+            residual, skip = block(x, stream, f"block{i}.")  # (batch, B, frames) or None, (batch, Sc, frames)
             skips = skips + skip
             if residual is not None:
                 x = residual
@@ -350,20 +356,6 @@ class TemporalConvNet(nn.Module):
             if isinstance(norm, CumulativeLayerNorm):
                 shapes[key] = ((2,), torch.float64)
         return shapes
-
-    def step(self, w: torch.Tensor, cache: dict[str, torch.Tensor], frames: torch.Tensor) -> torch.Tensor:
-        """Streaming form of :meth:`forward` on the next frames; updates ``cache`` in place (the dict)."""
-        batch, _, count = w.shape
-        x = self.bottleneck(_norm_step(self.input_norm, w, cache, frames, "input_norm"))
-        skips = torch.zeros((), device=w.device, dtype=w.dtype)
-        for i, block in enumerate(self.blocks):
-            assert isinstance(block, TCNBlock)
-            residual, skip = block.step(x, cache, frames, f"block{i}.")
-            skips = skips + skip
-            if residual is not None:
-                x = residual
-        masks = self.mask_activation(self.mask_conv(self.output_act(skips)))
-        return masks.view(batch, self.sources, self.filters, count)
 
 
 @register(
@@ -448,7 +440,7 @@ class ConvTasNet(Separator):
         tail = c.L - c.stride
         signal = torch.cat([flat["encoder"][:, None], x.reshape(batch * channels, 1, n)], dim=2)
         w = torch.relu(self.encoder(signal))  # (batch*channels, N, n / stride)
-        masks = self.separator.step(w, flat, flat["frames"])  # (batch*channels, sources, N, frames)
+        masks = self.separator(w, Stream(flat, flat["frames"]))  # (batch*channels, sources, N, frames)
         y = self.decoder((masks * w[:, None]).flatten(0, 1))  # (batch*channels*sources, 1, n + tail)
         y = y.view(batch * channels, len(c.sources), n + tail)
         y[..., :tail] += flat["decoder"]

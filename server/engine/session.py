@@ -322,7 +322,7 @@ class Session:
             self._in = StreamResampler(sample_rate, d.sample_rate, d.audio_channels, resample_quality)
             self._out = StreamResampler(d.sample_rate, sample_rate, len(stems) * channels, resample_quality)
             ratio = sample_rate / d.sample_rate
-            model_part = math.ceil(streamer.stream_latency(realtime) * ratio)
+            model_part = math.ceil(model_part * ratio)
             # in: soxr's lag at the model's rate, scaled; out: at the client's rate.
             resampler = math.ceil(self._in.max_lag * ratio + self._out.max_lag)
         self.latency = LatencyParts(model_part, buffer_samples, resampler, sample_rate)
