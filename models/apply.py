@@ -13,7 +13,9 @@ latency, so every choice made here is a plan the engine can follow too:
   the estimates of the windows covering it (see :class:`WindowPlan` for the
   weights), the mixture phase is applied, and the STFT is inverted by weighted
   overlap-add (:func:`models.stft.istft`). Exactly ``T`` samples come back,
-  aligned with the input.
+  aligned with the input. When every source is estimated and the model asks
+  for it, the overlap-added magnitudes are first normalised jointly
+  (:mod:`models.joint`), frame by frame, as the engine does too.
 * **Causal waveform models** (``causal=True``): ``model.separate`` on the whole
   signal followed by ``lookahead`` samples of silence, cropped to ``T``. The
   padding makes the last outputs see silence after the signal, as a flushed
@@ -45,6 +47,7 @@ import torch.nn.functional as F
 
 from models.base import Separator
 from models.description import ModelDescription
+from models.joint import joint_stems, normalise_stems
 from models.stft import istft, magnitude_phase, stft
 
 Weighting = Literal["taper", "hard"]
@@ -613,7 +616,8 @@ def separate_signal(
         if not isinstance(chosen, WindowPlan):
             raise ValueError(f"{d.architecture} needs a WindowPlan, got {type(chosen).__name__}")
         if d.domain == "spectrogram":
-            out = _separate_spectrogram(model, x, chosen, targets, stems, batch_size, progress)
+            joint = joint_stems(d, None if target is None else [target])
+            out = _separate_spectrogram(model, x, chosen, targets, stems, batch_size, progress, joint)
         else:
             out = overlap_windows(
                 chosen, x, lambda b: _run(model, b, targets), stems, batch_size, progress, unordered_sources(d)
@@ -631,6 +635,7 @@ def _separate_spectrogram(
     stems: int,
     batch_size: int,
     progress: Progress | None,
+    joint: bool,
 ) -> torch.Tensor:
     assert plan.n_fft is not None and plan.hop_length is not None
     n_fft, hop = plan.n_fft, plan.hop_length
@@ -642,5 +647,7 @@ def _separate_spectrogram(
     mag, phase = magnitude_phase(spec)
     unordered = unordered_sources(model.describe())
     est = overlap_windows(plan, mag, lambda b: _run(model, b, targets), stems, batch_size, progress, unordered)
+    if joint:  # every source was asked for: share the mixture out among them
+        est = normalise_stems(est, mag)
     out = istft(est * phase, n_fft, hop)  # (S, C, padded_length)
     return out[..., pad_left : pad_left + length]

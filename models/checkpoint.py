@@ -98,10 +98,13 @@ def model_from_content(content: dict[str, Any]) -> Separator:
     if missing or unexpected:
         raise CheckpointError(f"state dict does not match {cls.__name__}: missing {missing}, unexpected {unexpected}")
     stored = ModelDescription.from_dict(content["description"])
-    # Fields this file predates (added to the description since) keep their defaults.
-    current = ModelDescription.from_dict(
-        {k: v for k, v in model.describe().to_dict().items() if k in content["description"]}
-    )
+    # Fields (and extras) this file predates, added to the description since, keep their defaults.
+    rebuilt = model.describe().to_dict()
+    stored_dict = content["description"]
+    rebuilt = {k: v for k, v in rebuilt.items() if k in stored_dict}
+    if isinstance(rebuilt.get("extras"), dict) and isinstance(stored_dict.get("extras"), dict):
+        rebuilt["extras"] = {k: v for k, v in rebuilt["extras"].items() if k in stored_dict["extras"]}
+    current = ModelDescription.from_dict(rebuilt)
     if stored != current:
         # The stored description is informative; the config is authoritative.
         log.warning("stored description differs from the rebuilt model's; using the rebuilt one")

@@ -4,7 +4,9 @@ For every track of a split, three estimates of each stem are scored against
 the true stem:
 
 * **model**: whole-track separation with :func:`models.apply.separate_signal`
-  (the offline reference path; conditioned models are run once per target);
+  (the offline reference path; conditioned models are run once per target, or
+  for all targets in one call when the model normalises its stems jointly,
+  see :mod:`models.joint`);
 * **irm** (upper bound): the oracle ideal ratio mask ``|S_j| / sum_k |S_k|``
   from the true stems' STFT magnitudes (the model's ``n_fft`` / ``hop``, or
   4096 / 1024 for waveform models), applied to the mixture STFT and inverted;
@@ -47,6 +49,7 @@ import torch
 
 from models.base import Separator
 from models.data import music, speech
+from models.joint import joint_stems
 from models.stft import istft, stft
 
 log = logging.getLogger(__name__)
@@ -333,12 +336,12 @@ def evaluate(
 
     for track in tqdm(tracks, desc="evaluating", unit="track", disable=not progress):
         index = _stem_mapping(model, track)
-        if d.conditioned:
+        if d.conditioned and not joint_stems(d, [names.index(t) for t in chosen]):
             estimates = np.concatenate(
                 [_adapt(model, separate, track.mixture, track.sample_rate, names.index(t)) for t in chosen]
             )
             order = [names.index(t) for t in chosen]
-        else:
+        else:  # every stem in one call (a jointly normalised conditioned model too)
             every = _adapt(model, separate, track.mixture, track.sample_rate, None)
             if every.shape[0] != len(names):
                 raise EvaluationError(f"separate returned {every.shape[0]} sources, the model has {len(names)}")

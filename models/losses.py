@@ -36,6 +36,34 @@ def mask_inference_l1(estimate: torch.Tensor, target: torch.Tensor, reduction: s
     return _reduce(per_item, reduction)
 
 
+def joint_mask_l1(
+    estimate: torch.Tensor,
+    target: torch.Tensor,
+    mixture: torch.Tensor,
+    joint_weight: float = 0.5,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Mask Inference L1 on every stem as estimated and as jointly normalised.
+
+    ``(1 - joint_weight) * L1(estimate) + joint_weight * L1(normalised)``, where the
+    normalised stems share the mixture magnitude out in proportion to the
+    estimates (:func:`models.joint.normalise_stems`). The first term keeps each
+    stem usable on its own (a DAW session asks for one); the second trains the
+    stems to divide the mixture between them without overlap.
+
+    Args:
+        estimate: ``(B, S, ...)`` estimated magnitudes of all ``S`` stems.
+        target: same shape, reference magnitudes.
+        mixture: ``(B, ...)`` mixture magnitudes.
+    """
+    from models.joint import normalise_stems
+
+    normalised = normalise_stems(estimate, mixture, dim=1)
+    plain = mask_inference_l1(estimate, target, reduction="none")
+    joint = mask_inference_l1(normalised, target, reduction="none")
+    return _reduce((1.0 - joint_weight) * plain + joint_weight * joint, reduction)
+
+
 def deep_clustering_loss(
     embedding: torch.Tensor,
     assignment: torch.Tensor,

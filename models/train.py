@@ -8,6 +8,8 @@ model                               loss (all in :mod:`models.losses`)
 spectrogram, ``separate`` -> stems  ``mask_inference_l1`` on magnitudes (unet, multi_unet, open_unmix*,
                                     mask_inference); wrapped in ``pit`` for unordered sources (speech)
 spectrogram, conditioned            a random target per item; ``mask_inference_l1`` against that stem
+spectrogram, conditioned, with      every target per item; ``joint_mask_l1``: the stems as estimated and
+``extras["joint_stems"]``           as jointly normalised (:mod:`models.joint`)
 deep_clustering                     ``deep_clustering_loss`` of ``embed`` vs the ideal binary assignment,
                                     weighted by the mixture magnitude
 chimera                             ``chimera_loss`` (DC + MI, ``alpha`` from the config); the MI part
@@ -68,7 +70,9 @@ STATE_FORMAT = "stemserve-train-state"
 STATE_VERSION = 1
 SPEECH_RATES = (8000, 16000)
 
-Objective = Literal["mask_inference", "conditioned", "deep_clustering", "chimera", "si_snr", "mse", "l1"]
+Objective = Literal[
+    "mask_inference", "conditioned", "conditioned_joint", "deep_clustering", "chimera", "si_snr", "mse", "l1"
+]
 
 
 class TrainError(ValueError):
@@ -175,7 +179,7 @@ def choose_task(model: Separator, segment_seconds: float | None = None) -> Task:
         elif d.architecture == "chimera":
             objective = "chimera"
         elif d.conditioned:
-            objective = "conditioned"
+            objective = "conditioned_joint" if d.extras.get("joint_stems") else "conditioned"
         else:
             objective = "mask_inference"
         window = d.window_samples
@@ -269,6 +273,13 @@ class TrainingObjective(nn.Module):
             estimate = self.model.separate(mag, target)  # (B, 1, C, F, T)
             reference = target_mag[torch.arange(mag.shape[0]), target.to(target_mag.device)][:, None]
             return losses.mask_inference_l1(estimate, reference)
+        if task.objective == "conditioned_joint":
+            sources = target_mag.shape[1]
+            batch = mag.shape[0]
+            every = torch.arange(sources, device=mag.device).repeat(batch)  # item b, target s at b * S + s
+            estimate = self.model.separate(mag.repeat_interleave(sources, dim=0), every)  # (B * S, 1, C, F, T)
+            estimate = estimate.view(batch, sources, *estimate.shape[2:])
+            return losses.joint_mask_l1(estimate, target_mag, mag)
         estimate = self.model.separate(mag, None)
         if estimate.shape != target_mag.shape:
             raise TrainError(f"model returned {tuple(estimate.shape)} for references {tuple(target_mag.shape)}")
@@ -408,13 +419,17 @@ def _warm_start(model: Separator, path: str) -> None:
         source = load_checkpoint(path)
     except (OSError, ValueError) as err:
         raise TrainError(f"--init {path}: {err}") from err
-    if type(source) is not type(model) or source.config_dict() != model.config_dict():
+    theirs, ours = source.state_dict(), model.state_dict()
+    same_shapes = theirs.keys() == ours.keys() and all(theirs[k].shape == ours[k].shape for k in ours)
+    if type(source) is not type(model) or not same_shapes:
         raise TrainError(
             f"--init {path} holds {type(source).__name__} {source.config_dict()}; "
             f"build the same model with --model and --config"
         )
-    model.load_state_dict(source.state_dict())
-    log.info("weights initialised from %s", path)
+    # Settings that leave every weight's shape alone (e.g. joint_stems, dropout) may change.
+    changed = {k: v for k, v in model.config_dict().items() if source.config_dict().get(k) != v}
+    model.load_state_dict(theirs)
+    log.info("weights initialised from %s%s", path, f" (config changed: {changed})" if changed else "")
 
 
 def _save_state(path: Path, content: dict[str, Any]) -> None:

@@ -52,6 +52,9 @@ class UNetConfig:
             (conditioned variant only).
         mask_activation: ``"sigmoid"`` (independent masks) or ``"softmax"`` across
             sources (multi-source variant only: masks then sum to one).
+        joint_stems: when all sources are asked for, share the mixture out among
+            them in proportion to their estimates (:mod:`models.joint`), and train
+            the conditioned variant for that (:func:`models.losses.joint_mask_l1`).
     """
 
     sources: tuple[str, ...] = ("vocals",)
@@ -68,6 +71,7 @@ class UNetConfig:
     dropout_layers: Literal["decoder", "encoder"] = "decoder"
     film_hidden: int = 64
     mask_activation: Literal["sigmoid", "softmax"] = "sigmoid"
+    joint_stems: bool = False
 
     def __post_init__(self) -> None:
         if self.bins > self.n_fft // 2 + 1:
@@ -220,7 +224,7 @@ class _SpectrogramUNet(Separator):
             hop_length=cfg.hop_length,
             window_frames=cfg.window_frames,
             stride=cfg.hop_length,
-            extras={"bins": cfg.bins, "mask_activation": cfg.mask_activation},
+            extras={"bins": cfg.bins, "mask_activation": cfg.mask_activation, "joint_stems": cfg.joint_stems},
         )
 
 

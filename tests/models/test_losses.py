@@ -79,3 +79,16 @@ def test_length_scaled_l1_divides_the_summed_error_by_the_length() -> None:
 def test_losses_name_mismatched_shapes() -> None:
     with pytest.raises(ValueError, match="differ"):
         losses.mse(torch.zeros(1, 2, 3), torch.zeros(1, 2, 4))
+
+
+def test_joint_mask_l1_scores_the_stems_as_estimated_and_as_sharing_out_the_mixture() -> None:
+    torch.manual_seed(0)
+    target = torch.rand(2, 4, 2, 8, 5)
+    mixture = target.sum(1)
+    assert losses.joint_mask_l1(target, target, mixture) == pytest.approx(0.0, abs=1e-6)
+    # Twice the truth: wrong as estimated, right once normalised (the ratios are exact).
+    doubled = 2 * target
+    plain = losses.mask_inference_l1(doubled, target)
+    assert losses.joint_mask_l1(doubled, target, mixture, joint_weight=1.0) == pytest.approx(0.0, abs=1e-6)
+    assert losses.joint_mask_l1(doubled, target, mixture, joint_weight=0.0) == pytest.approx(float(plain))
+    assert losses.joint_mask_l1(doubled, target, mixture) == pytest.approx(0.5 * float(plain))

@@ -41,6 +41,7 @@ TINY: dict[str, tuple[str, dict[str, Any], float | None]] = {
     "unet": ("music", TINY_UNET, None),
     "multi_unet": ("music", TINY_UNET, None),
     "conditioned_unet": ("music", {**TINY_UNET, "film_hidden": 8}, None),
+    "conditioned_unet_joint": ("music", {**TINY_UNET, "film_hidden": 8, "joint_stems": True}, None),
     "open_unmix": (
         "music",
         {
@@ -73,7 +74,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _options(sets: dict[str, Path], out: Path, preset: str = "unet", **changes: Any) -> TrainOptions:
     kind, config, segment = TINY[preset]
     values: dict[str, Any] = {
-        "model": preset,
+        "model": preset.removesuffix("_joint"),
         "data": str(sets[kind]),
         "out": str(out),
         "steps": 4,
@@ -96,11 +97,12 @@ def _assert_registered(preset: str) -> None:
 
 @pytest.mark.parametrize("preset", sorted(TINY))
 def test_every_family_trains_with_a_finite_loss(preset: str, data: dict[str, Path], tmp_path: Path) -> None:
-    _assert_registered(preset)
+    name = preset.removesuffix("_joint")  # a conditioned U-Net with joint_stems: every target per item
+    _assert_registered(name)
     result = train(_options(data, tmp_path / "model.pt", preset))
     assert result.step == 4 and [h["step"] for h in result.history] == [2, 4]
     assert all(torch.isfinite(torch.tensor([h["train_loss"], h["val_loss"]])).all() for h in result.history)
-    assert load_checkpoint(tmp_path / "model.pt").describe() == registry.build(preset, TINY[preset][1]).describe()
+    assert load_checkpoint(tmp_path / "model.pt").describe() == registry.build(name, TINY[preset][1]).describe()
 
 
 def test_tiny_training_lowers_validation_loss(data: dict[str, Path], tmp_path: Path) -> None:
@@ -167,6 +169,23 @@ def test_init_starts_from_a_checkpoints_weights(data: dict[str, Path], tmp_path:
     with pytest.raises(TrainError, match="same model"):
         other = {**TINY_UNET, "channels": [4, 8]}
         train(_options(data, tmp_path / "d.pt", steps=1, init=str(tmp_path / "a.pt"), config=other))
+    # Settings that leave every weight's shape alone may change (a new objective, dropout).
+    train(_options(data, tmp_path / "e.pt", steps=1, init=str(tmp_path / "a.pt"), config={**TINY_UNET, "dropout": 0.3}))
+
+
+def test_a_conditioned_model_with_joint_stems_trains_on_every_target_jointly() -> None:
+    plain = registry.build("conditioned_unet", TINY["conditioned_unet"][1])
+    joint = registry.build("conditioned_unet", TINY["conditioned_unet_joint"][1])
+    assert choose_task(plain).objective == "conditioned"
+    assert choose_task(joint).objective == "conditioned_joint"
+    torch.manual_seed(0)
+    d = joint.describe()
+    assert d.window_samples is not None
+    mixture = torch.rand(2, 2, d.window_samples)
+    stems = torch.rand(2, 4, 2, d.window_samples)
+    # No target is drawn: the loss covers all four stems of each item.
+    loss = TrainingObjective(joint, choose_task(joint))(mixture, stems, torch.zeros(2, dtype=torch.long), None)
+    assert loss.dim() == 0 and torch.isfinite(loss)
 
 
 def test_speech_losses_are_permutation_invariant(data: dict[str, Path]) -> None:

@@ -20,6 +20,7 @@ import torch
 from models import registry
 from models.apply import separate_signal
 from models.base import Separator
+from models.joint import joint_stems
 from tests.server.engine.helpers import DEVICES, TIMEOUT, block_sizes, joined, make_engine, stream
 from tests.server.engine.tiny_models import (
     TinyCausalConfig,
@@ -125,7 +126,7 @@ def check_equivalence(
             assert stems.shape == (len(info.stems), d.audio_channels, length)
             targets = [d.sources.index(s) for s in info.stems]
             wav = torch.from_numpy(signal).to(device)
-            if d.conditioned:
+            if d.conditioned and not joint_stems(d, targets):
                 ref = torch.cat([separate_signal(reference, wav, target=t) for t in targets]).cpu().numpy()
             else:
                 ref = separate_signal(reference, wav).cpu().numpy()[targets]
@@ -149,6 +150,15 @@ def test_streaming_equals_offline(family: str, device: str) -> None:
     stats = check_equivalence(factory(), device, seconds=1.5, open_params=params)
     assert stats["shared_batches"] > 0, "sessions' work should have met in one forward pass"
     assert max(stats["batch_sizes"]) > 1
+
+
+def test_jointly_normalised_stems_stream_like_offline() -> None:
+    """A session asking for every stem (any order) gets them jointly normalised, as offline; one
+    asking for a subset gets plain estimates; both share forward passes."""
+    model = registry.build("conditioned_unet", {**TINY_UNET, "joint_stems": True}).eval()
+    params = [{"stems": ["bass", "other", "vocals", "drums"]}, {"stems": ["vocals"]}, {}]
+    stats = check_equivalence(model, "cpu", seconds=1.0, open_params=params)
+    assert stats["shared_batches"] > 0
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
