@@ -60,7 +60,7 @@ from server.engine.errors import (
     UnknownTargetError,
 )
 from server.engine.pool import ModelPool
-from server.engine.resample import DEFAULT_QUALITY, MAX_RATE, MIN_RATE
+from server.engine.resample import DEFAULT_QUALITY, FILE_RESAMPLE_QUALITY, MAX_RATE, MIN_RATE
 from server.engine.scheduler import ModelScheduler
 from server.engine.session import BlockResult, LatencyParts, Request, Session, SessionInfo, SessionParams
 from server.engine.stats import BlockStats
@@ -89,7 +89,9 @@ class EngineConfig:
         realtime_capacity: fraction of a model worker's time real-time sessions
             may need before new ones are refused (AdmissionError).
         max_sessions: real-time sessions per model, at most (None: no limit).
-        resample_quality: soxr quality (``QQ``, ``LQ``, ``MQ``, ``HQ``, ``VHQ``).
+        resample_quality: real-time sessions: ``sinc`` (low-lag windowed sinc, the default) or
+            a soxr quality (``QQ``, ``LQ``, ``MQ``, ``HQ``, ``VHQ``); see :mod:`server.engine.resample`.
+            File jobs always use soxr ``HQ``.
         max_latency_ms: budget for the model part of L; default plans shrink to fit.
         window_hop / window_lookahead / weighting / segment / causal_hop:
             overrides of the default plan (see :func:`models.apply.plan_for`). A causal
@@ -330,7 +332,8 @@ class Engine:
             params=session_params,
             realtime=realtime,
             buffer_samples=round(self.config.buffer_ms * sample_rate / 1000),
-            resample_quality=self.config.resample_quality,
+            # A file job's latency is never heard; soxr's lag is, and it costs a fraction of the sinc's CPU.
+            resample_quality=self.config.resample_quality if realtime else FILE_RESAMPLE_QUALITY,
         )
         scheduler.add(session)  # admission
         with self._lock:

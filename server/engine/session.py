@@ -14,7 +14,7 @@ delayed by a latency ``L`` fixed when the session opens:
   causal step), converted to the client's rate;
 * ``buffering`` — latency the server adds on purpose (``EngineConfig.buffer_ms``):
   a block's result then never waits for the model work its own input started;
-* ``resampler`` — soxr's worst availability lag in and out (0 at the model's rate).
+* ``resampler`` — the resampler's worst availability lag in and out (0 at the model's rate).
 
 The output is a FIFO pre-filled with ``L`` zeros; each block pops exactly its
 own length. Parameters (target, mix, per-stem gains) are read when a block is
@@ -40,7 +40,7 @@ import torch
 
 from server.engine import channels as channel_rules
 from server.engine.errors import InvalidAudioError, InvalidParameterError, UnknownTargetError
-from server.engine.resample import StreamResampler
+from server.engine.resample import DEFAULT_QUALITY, StreamResampler
 from server.engine.work import ItemSpec, Streamer
 
 MAX_GAIN = 16.0
@@ -286,7 +286,7 @@ class Session:
         params: SessionParams,
         realtime: bool,
         buffer_samples: int = 0,
-        resample_quality: str = "HQ",
+        resample_quality: str = DEFAULT_QUALITY,
     ) -> None:
         d = streamer.description
         channel_rules.check(channels, d.audio_channels)
@@ -323,7 +323,7 @@ class Session:
             self._out = StreamResampler(d.sample_rate, sample_rate, len(stems) * channels, resample_quality)
             ratio = sample_rate / d.sample_rate
             model_part = math.ceil(model_part * ratio)
-            # in: soxr's lag at the model's rate, scaled; out: at the client's rate.
+            # in: the resampler's lag at the model's rate, scaled; out: at the client's rate.
             resampler = math.ceil(self._in.max_lag * ratio + self._out.max_lag)
         self.latency = LatencyParts(model_part, buffer_samples, resampler, sample_rate)
         self._coefficients = params.coefficients(stems)
