@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from models.base import Separator
 from models.description import ModelDescription
-from models.joint import joint_stems, normalise_stems
+from models.joint import joint_power, joint_stems, normalise_stems
 from models.stft import istft, magnitude_phase, stft
 
 Weighting = Literal["taper", "hard"]
@@ -648,6 +648,6 @@ def _separate_spectrogram(
     unordered = unordered_sources(model.describe())
     est = overlap_windows(plan, mag, lambda b: _run(model, b, targets), stems, batch_size, progress, unordered)
     if joint:  # every source was asked for: share the mixture out among them
-        est = normalise_stems(est, mag)
+        est = normalise_stems(est, mag, power=joint_power(model.describe()))
     out = istft(est * phase, n_fft, hop)  # (S, C, padded_length)
     return out[..., pad_left : pad_left + length]

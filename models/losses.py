@@ -41,13 +41,14 @@ def joint_mask_l1(
     target: torch.Tensor,
     mixture: torch.Tensor,
     joint_weight: float = 0.5,
+    power: float = 1.0,
     reduction: str = "mean",
 ) -> torch.Tensor:
     """Mask Inference L1 on every stem as estimated and as jointly normalised.
 
     ``(1 - joint_weight) * L1(estimate) + joint_weight * L1(normalised)``, where the
     normalised stems share the mixture magnitude out in proportion to the
-    estimates (:func:`models.joint.normalise_stems`). The first term keeps each
+    estimates to the ``power`` (:func:`models.joint.normalise_stems`). The first term keeps each
     stem usable on its own (a DAW session asks for one); the second trains the
     stems to divide the mixture between them without overlap.
 
@@ -58,7 +59,7 @@ def joint_mask_l1(
     """
     from models.joint import normalise_stems
 
-    normalised = normalise_stems(estimate, mixture, dim=1)
+    normalised = normalise_stems(estimate, mixture, dim=1, power=power)
     plain = mask_inference_l1(estimate, target, reduction="none")
     joint = mask_inference_l1(normalised, target, reduction="none")
     return _reduce((1.0 - joint_weight) * plain + joint_weight * joint, reduction)

@@ -62,6 +62,7 @@ from models.data import music
 from models.data.augment import AugmentConfig, generator_for
 from models.data.datasets import DataError, MusicStems, SpeechMixtures
 from models.description import ModelDescription
+from models.joint import joint_power
 from models.stft import stft
 
 log = logging.getLogger(__name__)
@@ -279,7 +280,7 @@ class TrainingObjective(nn.Module):
             every = torch.arange(sources, device=mag.device).repeat(batch)  # item b, target s at b * S + s
             estimate = self.model.separate(mag.repeat_interleave(sources, dim=0), every)  # (B * S, 1, C, F, T)
             estimate = estimate.view(batch, sources, *estimate.shape[2:])
-            return losses.joint_mask_l1(estimate, target_mag, mag)
+            return losses.joint_mask_l1(estimate, target_mag, mag, power=joint_power(d))
         estimate = self.model.separate(mag, None)
         if estimate.shape != target_mag.shape:
             raise TrainError(f"model returned {tuple(estimate.shape)} for references {tuple(target_mag.shape)}")

@@ -55,6 +55,7 @@ class UNetConfig:
         joint_stems: when all sources are asked for, share the mixture out among
             them in proportion to their estimates (:mod:`models.joint`), and train
             the conditioned variant for that (:func:`models.losses.joint_mask_l1`).
+        joint_power: the estimates' exponent in that sharing (2: by power, Wiener).
     """
 
     sources: tuple[str, ...] = ("vocals",)
@@ -72,6 +73,7 @@ class UNetConfig:
     film_hidden: int = 64
     mask_activation: Literal["sigmoid", "softmax"] = "sigmoid"
     joint_stems: bool = False
+    joint_power: float = 2.0
 
     def __post_init__(self) -> None:
         if self.bins > self.n_fft // 2 + 1:
@@ -224,7 +226,12 @@ class _SpectrogramUNet(Separator):
             hop_length=cfg.hop_length,
             window_frames=cfg.window_frames,
             stride=cfg.hop_length,
-            extras={"bins": cfg.bins, "mask_activation": cfg.mask_activation, "joint_stems": cfg.joint_stems},
+            extras={
+                "bins": cfg.bins,
+                "mask_activation": cfg.mask_activation,
+                "joint_stems": cfg.joint_stems,
+                "joint_power": cfg.joint_power,
+            },
         )
 
 

@@ -33,7 +33,7 @@ import torch
 
 from models.apply import OverlapAdd, PermutationTracker, WindowPlan, unordered_sources
 from models.description import ModelDescription
-from models.joint import joint_stems, normalise_stems
+from models.joint import joint_power, joint_stems, normalise_stems
 from models.stft import hann_window, magnitude_phase, num_frames, stft
 from server.engine.pool import LoadedModel
 from server.engine.work import ItemSpec, Stream, Streamer, stem_slots, take_stems
@@ -60,6 +60,7 @@ class SpectrogramStream(Stream):
         self._slots = stem_slots(description, self.stems)
         self._description = description
         self._joint = joint_stems(description, self.stems)
+        self._joint_power = joint_power(description)
         window = hann_window(self.n_fft)
         self._window = window
         # Steady-state sum of squared windows at each offset within a hop: the
@@ -143,7 +144,7 @@ class SpectrogramStream(Stream):
         self._phase_frame += count
         if self._joint:  # every source of the model is here: share the mixture out among them
             mixture = torch.stack([self._mixture.popleft() for _ in range(count)], dim=-1)
-            mags = normalise_stems(mags, mixture)
+            mags = normalise_stems(mags, mixture, power=self._joint_power)
         # Same per-frame math as models.stft.istft: irfft, synthesis window, then
         # overlap-add normalised by the summed squared window.
         spec = mags * phase  # (S, C, F, count)

@@ -31,10 +31,18 @@ def test_normalised_stems_keep_their_ratios_and_sum_to_the_mixture() -> None:
     assert torch.allclose(out[0] / out[1], estimates[0] / estimates[1], rtol=1e-4)
 
 
-def test_bins_that_no_stem_claims_stay_silent() -> None:
+def test_power_two_shares_by_power() -> None:
+    estimates = torch.tensor([3.0, 1.0])[:, None]
+    mixture = torch.tensor([2.0])
+    np.testing.assert_allclose(normalise_stems(estimates, mixture, power=1)[:, 0], [1.5, 0.5])
+    np.testing.assert_allclose(normalise_stems(estimates, mixture, power=2)[:, 0], [1.8, 0.2])
+
+
+@pytest.mark.parametrize("power", [1, 2])
+def test_bins_that_no_stem_claims_stay_silent(power: int) -> None:
     estimates = torch.zeros(2, 1, 3, 4)
     estimates[0, 0, 0, 0] = 1.0
-    out = normalise_stems(estimates, torch.ones(1, 3, 4))
+    out = normalise_stems(estimates, torch.ones(1, 3, 4), power=power)
     assert out[0, 0, 0, 0] == 1.0 and out.sum() == 1.0
 
 

@@ -92,3 +92,5 @@ def test_joint_mask_l1_scores_the_stems_as_estimated_and_as_sharing_out_the_mixt
     assert losses.joint_mask_l1(doubled, target, mixture, joint_weight=1.0) == pytest.approx(0.0, abs=1e-6)
     assert losses.joint_mask_l1(doubled, target, mixture, joint_weight=0.0) == pytest.approx(float(plain))
     assert losses.joint_mask_l1(doubled, target, mixture) == pytest.approx(0.5 * float(plain))
+    # Shared by power, even exact magnitudes come out changed: the mixture splits by their squares.
+    assert losses.joint_mask_l1(doubled, target, mixture, joint_weight=1.0, power=2) > 0.01
