@@ -161,9 +161,10 @@ class CumulativeLayerNorm(nn.Module):
         squares of every earlier frame, ``frames`` ``(batch, 1)`` how many there were.
         Returns the normalised frames and the updated ``stats``."""
         channels, count = x.shape[1], x.shape[2]
-        wide = x.to(torch.float64)
-        total = stats[:, 0:1] + wide.sum(dim=1).cumsum(dim=1)  # (batch, frames)
-        total_sq = stats[:, 1:2] + wide.pow(2).sum(dim=1).cumsum(dim=1)  # (batch, frames)
+        # Per-frame sums in the input's precision (as the offline pass), accumulated over frames in
+        # float64 so that a stream of any length keeps its running statistics exact.
+        total = stats[:, 0:1] + x.sum(dim=1).to(torch.float64).cumsum(dim=1)  # (batch, frames)
+        total_sq = stats[:, 1:2] + x.pow(2).sum(dim=1).to(torch.float64).cumsum(dim=1)  # (batch, frames)
         seen = channels * (frames + torch.arange(1, count + 1, device=x.device, dtype=torch.float64))
         mean = total / seen  # (batch, frames)
         var = (total_sq / seen - mean.pow(2)).clamp_min(0.0)  # (batch, frames)
