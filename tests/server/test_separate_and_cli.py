@@ -186,3 +186,22 @@ def test_serve_cli_passes_engine_settings_through() -> None:
     finally:
         engine.shutdown()
         torch.set_num_threads(threads)
+
+
+def test_serve_leaves_a_core_to_the_transport_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from server import serve_cli
+
+    parser = argparse.ArgumentParser()
+    serve_cli.configure(parser)
+    threads = torch.get_num_threads()
+    try:
+        for cores, expected in ((2, 1), (1, 1), (8, min(threads, 7))):
+            monkeypatch.setattr("os.cpu_count", lambda cores=cores: cores)
+            torch.set_num_threads(threads)
+            engine = serve_cli.build_engine(parser.parse_args(["--device", "cpu"]))
+            engine.shutdown()
+            assert torch.get_num_threads() == expected, cores
+    finally:
+        torch.set_num_threads(threads)
