@@ -68,12 +68,20 @@ def run(args: argparse.Namespace) -> int:
     def fmt(value: float | None) -> str:
         return "   n/a" if value is None else f"{value:6.2f}"
 
+    def pct(value: float | None) -> str:
+        return "  n/a" if value is None else f"{100 * value:4.0f}%"
+
+    share = report["irm_share"]
     print(f"{report['model']} on {report['split']} ({len(report['tracks'])} tracks), median dB")
-    print(f"{'stem':<10} {'SDR':>6} {'SI-SDR':>7} | {'IRM SDR':>7} {'SI-SDR':>7} | {'mix SDR':>7} {'SI-SDR':>7}")
+    print(
+        f"{'stem':<10} {'SDR':>6} {'SI-SDR':>7} | {'IRM SDR':>7} {'SI-SDR':>7} | {'mix SDR':>7} {'SI-SDR':>7}"
+        " | share of IRM gain"
+    )
     for stem in report["sources"]:
         row = [report["summary"][m][stem] for m in ("model", "irm", "mixture")]
         print(
             f"{stem:<10} {fmt(row[0]['sdr'])} {fmt(row[0]['si_sdr']):>7} | {fmt(row[1]['sdr']):>7} "
-            f"{fmt(row[1]['si_sdr']):>7} | {fmt(row[2]['sdr']):>7} {fmt(row[2]['si_sdr']):>7}"
+            f"{fmt(row[1]['si_sdr']):>7} | {fmt(row[2]['sdr']):>7} {fmt(row[2]['si_sdr']):>7} | {pct(share[stem])}"
         )
+    print(f"{'mean':<10} {'':>51}| {pct(share['mean'])}")
     return 0

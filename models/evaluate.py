@@ -26,7 +26,8 @@ Metrics (all in dB):
   whole track, channels taken together as one signal.
 
 Per stem, the summary is the median over tracks (tracks where the stem is
-silent are left out). Speech models' outputs are unordered: each mixture's
+silent are left out); ``irm_share`` is how much of the oracle's gain over the
+mixture the model's median reaches, per stem and on average. Speech models' outputs are unordered: each mixture's
 estimates are matched to ``s1`` / ``s2`` by the permutation with the best mean
 SI-SDR (for the model; the oracle and mixture need none).
 """
@@ -366,6 +367,7 @@ def evaluate(
         }
         for method in METHODS
     }
+    share = irm_share(summary, chosen)
     report = {
         "model": d.architecture,
         "description": d.to_dict(),
@@ -375,6 +377,7 @@ def evaluate(
         "sources": chosen,
         "tracks": rows,
         "summary": summary,
+        "irm_share": share,
         "metrics": {
             "sdr": (
                 f"BSSEval v4 SDR (fast_bss_eval, {FILTER_LENGTH}-tap filter), "
@@ -385,6 +388,7 @@ def evaluate(
             "irm": f"oracle ideal ratio mask |S_j| / sum_k |S_k|, STFT n_fft={n_fft} hop={hop}",
             "mixture": "the mixture as the estimate of every stem",
             "summary": "median over tracks, silent stems left out",
+            "irm_share": "(model - mixture) / (irm - mixture) of the median SDRs, per stem, and their mean",
             "permutation": "best mean SI-SDR per mixture" if is_speech else "none (stems matched by name)",
         },
     }
@@ -393,6 +397,26 @@ def evaluate(
         first["n_fft"] = np.array([n_fft, hop])
         first["sample_rate"] = np.array(tracks[0].sample_rate)
     return _jsonable(report), first
+
+
+def irm_share(summary: dict[str, Any], stems: Sequence[str]) -> dict[str, float]:
+    """How much of the oracle IRM's SDR gain over the mixture the model reaches, per stem and ``"mean"``.
+
+    ``(model - mixture) / (irm - mixture)`` of the median SDRs: 0 is the mixture,
+    1 the oracle. NaN for a stem whose oracle does not beat the mixture.
+    """
+    out: dict[str, float] = {}
+    for stem in stems:
+        model, irm, mixture = (summary[m][stem]["sdr"] for m in ("model", "irm", "mixture"))
+        gain = irm - mixture
+        out[stem] = (model - mixture) / gain if gain > 0 else math.nan
+    out["mean"] = _mean([out[s] for s in stems])
+    return out
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
 
 
 def _median(values: list[float]) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,8 @@ def test_evaluate_reports_model_oracle_and_mixture(toy_music: Path, tmp_path: Pa
             reference = _toy_stems(int(track["name"][-1]))[music.SOURCES.index(stem)]
             mixture = _toy_stems(int(track["name"][-1])).sum(0)
             assert track["mixture"][stem]["si_sdr"] == pytest.approx(si_sdr(reference, mixture), abs=1e-4)
+    # The oracle-separated "model" scores about 100 dB: far past the IRM's share of 1.
+    assert all(report["irm_share"][stem] > 1 for stem in sources)
     json.dumps(report, allow_nan=False)  # strict JSON: NaN became null
     assert first is not None
     png = write_figure(report, first, tmp_path / "figure.png")
@@ -171,3 +174,17 @@ def test_cli_writes_report_and_figure(toy_music: Path, tmp_path: Path, capsys: p
     assert figure.read_bytes()[:4] == b"\x89PNG"
     assert "vocals" in capsys.readouterr().out
     assert main(["eval", "--model", str(checkpoint), "--data", str(tmp_path / "nothing"), "--no-progress"]) == 2
+
+
+def test_irm_share_places_the_model_between_mixture_and_oracle() -> None:
+    from models.evaluate import irm_share
+
+    def at(model: float, irm: float, mixture: float) -> dict[str, dict[str, float]]:
+        return {"model": {"sdr": model}, "irm": {"sdr": irm}, "mixture": {"sdr": mixture}}
+
+    stems = {"a": at(4.0, 10.0, -2.0), "b": at(-2.0, 8.0, -2.0), "c": at(3.0, 1.0, 2.0)}
+    summary = {m: {s: v[m] for s, v in stems.items()} for m in ("model", "irm", "mixture")}
+    share = irm_share(summary, ["a", "b", "c"])
+    assert share["a"] == pytest.approx(0.5) and share["b"] == 0.0
+    assert math.isnan(share["c"])  # the oracle does not beat the mixture: no scale
+    assert share["mean"] == pytest.approx(0.25)
