@@ -57,13 +57,9 @@ def test_conditioned_unet_beats_the_mixture_on_a_held_out_song() -> None:
 
 
 @torch.no_grad()
-@pytest.mark.xfail(
-    strict=True,
-    reason="known shortfall: the bundled Chimera (2500 CPU steps) barely separates yet "
-    "(measured +0.0 ... +3.1 dB SI-SDR, mean +0.6 dB on these clips); strict, so it flags when retrained",
-)
 @pytest.mark.parametrize("index", [0, 1])
 def test_chimera_separates_two_held_out_speakers(index: int) -> None:
+    """Measured SI-SDR gains: +1.9 / +5.0 dB on clip 0, +10.3 / +6.5 dB on clip 1."""
     model = load_checkpoint(_weights("chimera")).eval()
     mixture = _read(HELDOUT / "speech" / f"mix_{index}.flac")
     refs = np.stack([_read(HELDOUT / "speech" / f"s{k}_{index}.flac") for k in (1, 2)])
