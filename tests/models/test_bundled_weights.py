@@ -80,5 +80,5 @@ def test_causal_conv_tasnet_separates_held_out_speakers() -> None:
         estimates = separate_signal(model, torch.from_numpy(mixture)).numpy()
         estimates = estimates[best_permutation(refs, estimates)]
         gains += [si_sdr(r, e) - si_sdr(r, mixture) for r, e in zip(refs, estimates, strict=True)]
-    # A short CPU training: a modest but real improvement (measured: +0.2 ... +4.0 dB).
+    # CPU training: a modest but real improvement (measured: +2.3 ... +6.0 dB, mean +4.1).
     assert np.mean(gains) > 1.0 and min(gains) > 0.0, gains
