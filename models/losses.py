@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import torch
 
+from models.joint import normalise_stems
+
 EPS = 1e-8
 
 
@@ -57,8 +59,6 @@ def joint_mask_l1(
         target: same shape, reference magnitudes.
         mixture: ``(B, ...)`` mixture magnitudes.
     """
-    from models.joint import normalise_stems
-
     normalised = normalise_stems(estimate, mixture, dim=1, power=power)
     plain = mask_inference_l1(estimate, target, reduction="none")
     joint = mask_inference_l1(normalised, target, reduction="none")
