@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from server.engine.resample import DEFAULT_QUALITY, QUALITIES
+
 if TYPE_CHECKING:
     from server.engine.engine import Engine
 
@@ -50,6 +52,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SAMPLES",
         help="step of causal waveform models, in samples at the model's rate (default: 4 ms on GPU, 16 ms on CPU "
         "with per-layer caches; 512 otherwise)",
+    )
+    parser.add_argument(
+        "--resample",
+        choices=QUALITIES,
+        default=DEFAULT_QUALITY,
+        help="resampler of real-time sessions at another rate than the model's: sinc (default; a few ms of lag) "
+        "or a soxr quality (less CPU, 20-135 ms more lag). File jobs always use soxr HQ",
     )
 
 
@@ -119,6 +128,7 @@ def build_engine(args: argparse.Namespace) -> Engine:
             max_wait_ms=args.max_wait_ms,
             idle_timeout_s=args.idle_timeout,
             causal_hop=args.causal_hop,
+            resample_quality=args.resample,
         )
     )
 

@@ -178,10 +178,11 @@ def test_serve_cli_passes_engine_settings_through() -> None:
     parser = argparse.ArgumentParser()
     serve_cli.configure(parser)
     threads = torch.get_num_threads()
-    args = ["--device", "cpu", "--causal-hop", "64", "--max-batch", "4", "--threads", "1"]
+    args = ["--device", "cpu", "--causal-hop", "64", "--max-batch", "4", "--threads", "1", "--resample", "HQ"]
     engine = serve_cli.build_engine(parser.parse_args(args))
     try:
         assert (engine.config.causal_hop, engine.config.max_batch, engine.config.device) == (64, 4, "cpu")
+        assert engine.config.resample_quality == "HQ"
         assert torch.get_num_threads() == 1
     finally:
         engine.shutdown()
