@@ -93,15 +93,14 @@ class PolyphaseSinc:
         # Inputs from ``self._base`` on, preceded by ``half`` samples of silence.
         self._buffer = np.zeros((self.channels, self.half), np.float32)
         self._base = -self.half  # stream index of self._buffer[:, 0]
-        self._received = 0
         self._next = 0  # next output index
 
     def process(self, x: np.ndarray) -> np.ndarray:
         """``(channels, n)`` -> ``(channels, m)`` resampled samples now available."""
         self._buffer = np.concatenate([self._buffer, np.asarray(x, dtype=np.float32)], axis=1)
-        self._received += x.shape[1]
+        received = self._base + self._buffer.shape[1]  # inputs so far
         # output n needs inputs up to floor(n * down / up) + half <= received - 1
-        last = ((self._received - 1 - self.half) * self.up) // self.down  # may be negative
+        last = ((received - 1 - self.half) * self.up) // self.down  # may be negative
         n = np.arange(self._next, max(self._next, last + 1))
         if n.size == 0:
             return np.zeros((self.channels, 0), np.float32)

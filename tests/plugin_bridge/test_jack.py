@@ -17,9 +17,9 @@ import time
 import uuid
 
 import jack  # JACK-Client (the bridge extra); jackd comes from scripts/install-deps
-import numpy as np
 import pytest
 
+from tests.plugin_bridge.impulses import ImpulseRig
 from tests.plugin_bridge.servers import ROOT, free_port, start_process
 
 pytestmark = [pytest.mark.jack, pytest.mark.slow]
@@ -107,38 +107,17 @@ def test_jack_bridge_impulse_latency_equals_reported_latency(tmp_path) -> None:
 
         player = jack.Client("impulse-player", no_start_server=True, servername=server_name)
         recorder = jack.Client("impulse-recorder", no_start_server=True, servername=server_name)
-        play_port = player.outports.register("out")
-        rec_port = recorder.inports.register("in")
-        impulses: list[int] = []
-        recorded: list[tuple[int, np.ndarray]] = []
-        state = {"started": None}
-
-        @player.set_process_callback
-        def play(frames: int) -> None:
-            t0 = player.last_frame_time
-            if state["started"] is None:
-                state["started"] = t0 + RATE  # first impulse after a second of settling
-            buf = play_port.get_array()
-            buf[:] = 0.0
-            start = state["started"]
-            k = (start - t0) % RATE  # frames from this cycle's start to the next impulse time
-            if k < frames and t0 + k >= start and len(impulses) < SECONDS:
-                buf[k] = 1.0
-                impulses.append(t0 + k)
-
-        @recorder.set_process_callback
-        def record(frames: int) -> None:
-            recorded.append((recorder.last_frame_time, rec_port.get_array().copy()))
+        rig = ImpulseRig(player, recorder, RATE, SECONDS)  # first impulse after a second of settling
 
         player.activate()
         recorder.activate()
-        player.connect(play_port, "stembridge:in_1")
-        player.connect(play_port, "stembridge:in_2")
-        recorder.connect("stembridge:out_1", rec_port)
+        player.connect(rig.play_port, "stembridge:in_1")
+        player.connect(rig.play_port, "stembridge:in_2")
+        recorder.connect("stembridge:out_1", rig.rec_port)
         from plugin_bridge.jack_front import CAPTURE_LATENCY, port_latency
 
         published = port_latency(recorder.get_port_by_name("stembridge:out_1"), CAPTURE_LATENCY)
-        wait_for(lambda: len(impulses) >= SECONDS, SECONDS + 20, "impulses played")
+        wait_for(lambda: len(rig.impulses) >= SECONDS, SECONDS + 20, "impulses played")
         time.sleep(reported / RATE + 0.5)
         player.deactivate()
         recorder.deactivate()
@@ -162,16 +141,9 @@ def test_jack_bridge_impulse_latency_equals_reported_latency(tmp_path) -> None:
     print(f"JACK bridge: latency {reported}, published {published}, counters {counters}")
     assert summary["latency"] == reported
     assert published == (reported, reported)
-    times = np.concatenate([t + np.arange(len(b)) for t, b in recorded])
-    signal_out = np.concatenate([b for _, b in recorded])
+    impulses = rig.impulses
     assert len(impulses) >= SECONDS - 1 and (impulses[-1] - impulses[0]) / RATE >= 20
-    delays = []
-    for t in impulses:
-        window = (times >= t) & (times < t + RATE // 2)
-        assert window.any()
-        peak = int(np.argmax(np.abs(signal_out[window])))
-        if abs(signal_out[window][peak] - 1.0) < 1e-5:
-            delays.append(int(times[window][peak] - t))
+    delays = [delay for delay, value in rig.peaks(RATE // 2) if abs(value - 1.0) < 1e-5]
     # Every impulse comes out exactly at the reported latency. An xrun (JACK skipping a cycle of
     # the bridge or of this test's own Python clients, which share the test process's GIL) can lose
     # an impulse or disturb the test's own clock for it, so all must be exact only when JACK

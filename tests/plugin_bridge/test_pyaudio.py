@@ -16,11 +16,11 @@ import uuid
 from pathlib import Path
 
 import jack
-import numpy as np
 import pytest
 
 from plugin_bridge.bridge import Bridge, BridgeSettings
 from plugin_bridge.pyaudio_front import PyAudioFront, find_device
+from tests.plugin_bridge.impulses import ImpulseRig
 from tests.plugin_bridge.test_jack import jack_client, wait_for
 
 pytestmark = [pytest.mark.jack, pytest.mark.slow]
@@ -66,34 +66,14 @@ def test_pyaudio_front_on_jack_delays_every_impulse_by_the_reported_latency(
         assert len(stream_inputs) == 2 and len(stream_outputs) == 2, ours
 
         recorder = jack.Client("recorder", no_start_server=True, servername=server_name)
-        play_port = player.outports.register("out")
-        rec_port = recorder.inports.register("in")
-        impulses: list[int] = []
-        recorded: list[tuple[int, np.ndarray]] = []
-        start = {"at": None}
-
-        @player.set_process_callback
-        def play(frames: int) -> None:
-            t0 = player.last_frame_time
-            if start["at"] is None:
-                start["at"] = t0 + RATE // 2
-            buf = play_port.get_array()
-            buf[:] = 0.0
-            k = (start["at"] - t0) % (RATE // 2)
-            if k < frames and t0 + k >= start["at"] and len(impulses) < IMPULSES:
-                buf[k] = 1.0
-                impulses.append(t0 + k)
-
-        @recorder.set_process_callback
-        def record(frames: int) -> None:
-            recorded.append((recorder.last_frame_time, rec_port.get_array().copy()))
+        rig = ImpulseRig(player, recorder, RATE // 2, IMPULSES)
 
         player.activate()
         recorder.activate()
         for port in stream_inputs:
-            player.connect(play_port, port)
-        recorder.connect(stream_outputs[0], rec_port)
-        wait_for(lambda: len(impulses) >= IMPULSES, 30, "impulses played")
+            player.connect(rig.play_port, port)
+        recorder.connect(stream_outputs[0], rig.rec_port)
+        wait_for(lambda: len(rig.impulses) >= IMPULSES, 30, "impulses played")
         time.sleep(reported / RATE + 0.3)
         player.deactivate()
         recorder.deactivate()
@@ -112,13 +92,7 @@ def test_pyaudio_front_on_jack_delays_every_impulse_by_the_reported_latency(
         jackd.wait(20)
         log.close()
 
-    times = np.concatenate([t + np.arange(len(b)) for t, b in recorded])
-    out = np.concatenate([b for _, b in recorded])
-    delays = []
-    for t in impulses:
-        window = (times >= t) & (times < t + RATE // 4)
-        peak = int(np.argmax(np.abs(out[window])))
-        delays.append((int(times[window][peak] - t), round(float(out[window][peak]), 5)))
+    delays = [(delay, round(value, 5)) for delay, value in rig.peaks(RATE // 4)]
     print(f"PyAudio front: reported latency {reported}, impulse delays {delays}, counters {counters}")
     assert delays == [(reported + PERIOD, 1.0)] * IMPULSES
     assert counters.callback_errors == 0 and counters.callbacks > 0

@@ -1,0 +1,52 @@
+"""An impulse player and a recorder on a JACK server, for latency tests of the bridge's fronts."""
+
+from __future__ import annotations
+
+import jack
+import numpy as np
+
+
+class ImpulseRig:
+    """``player`` plays a unit impulse every ``interval`` frames (the first ``interval`` frames after
+    its first cycle, ``count`` in all) on its port ``out``; ``recorder`` records its port ``in``.
+
+    Register before activating the clients; connect :attr:`play_port` and :attr:`rec_port` after.
+    """
+
+    def __init__(self, player: jack.Client, recorder: jack.Client, interval: int, count: int) -> None:
+        self.player, self.recorder = player, recorder
+        self.interval, self.count = interval, count
+        self.play_port = player.outports.register("out")
+        self.rec_port = recorder.inports.register("in")
+        self.impulses: list[int] = []  # JACK frame time of each impulse played
+        self.recorded: list[tuple[int, np.ndarray]] = []  # (frame time, samples) per recorder cycle
+        self._first: int | None = None
+        player.set_process_callback(self._play)
+        recorder.set_process_callback(self._record)
+
+    def _play(self, frames: int) -> None:
+        t0 = self.player.last_frame_time
+        if self._first is None:
+            self._first = t0 + self.interval
+        buf = self.play_port.get_array()
+        buf[:] = 0.0
+        k = (self._first - t0) % self.interval  # frames from this cycle's start to the next impulse time
+        if k < frames and t0 + k >= self._first and len(self.impulses) < self.count:
+            buf[k] = 1.0
+            self.impulses.append(t0 + k)
+
+    def _record(self, frames: int) -> None:
+        self.recorded.append((self.recorder.last_frame_time, self.rec_port.get_array().copy()))
+
+    def peaks(self, window: int) -> list[tuple[int, float]]:
+        """``(delay in frames, value)`` of the recording's largest sample within ``window`` frames after
+        each impulse."""
+        times = np.concatenate([t + np.arange(len(b)) for t, b in self.recorded])
+        out = np.concatenate([b for _, b in self.recorded])
+        peaks = []
+        for t in self.impulses:
+            inside = (times >= t) & (times < t + window)
+            assert inside.any(), f"nothing recorded after the impulse at {t}"
+            peak = int(np.argmax(np.abs(out[inside])))
+            peaks.append((int(times[inside][peak] - t), float(out[inside][peak])))
+        return peaks
