@@ -616,8 +616,8 @@ def separate_signal(
         if not isinstance(chosen, WindowPlan):
             raise ValueError(f"{d.architecture} needs a WindowPlan, got {type(chosen).__name__}")
         if d.domain == "spectrogram":
-            joint = joint_stems(d, None if target is None else [target])
-            out = _separate_spectrogram(model, x, chosen, targets, stems, batch_size, progress, joint)
+            power = joint_power(d) if joint_stems(d, None if target is None else [target]) else None
+            out = _separate_spectrogram(model, x, chosen, targets, stems, batch_size, progress, power)
         else:
             out = overlap_windows(
                 chosen, x, lambda b: _run(model, b, targets), stems, batch_size, progress, unordered_sources(d)
@@ -635,7 +635,7 @@ def _separate_spectrogram(
     stems: int,
     batch_size: int,
     progress: Progress | None,
-    joint: bool,
+    power: float | None,
 ) -> torch.Tensor:
     assert plan.n_fft is not None and plan.hop_length is not None
     n_fft, hop = plan.n_fft, plan.hop_length
@@ -647,7 +647,7 @@ def _separate_spectrogram(
     mag, phase = magnitude_phase(spec)
     unordered = unordered_sources(model.describe())
     est = overlap_windows(plan, mag, lambda b: _run(model, b, targets), stems, batch_size, progress, unordered)
-    if joint:  # every source was asked for: share the mixture out among them
-        est = normalise_stems(est, mag, power=joint_power(model.describe()))
+    if power is not None:  # every source was asked for: share the mixture out by this power
+        est = normalise_stems(est, mag, power=power)
     out = istft(est * phase, n_fft, hop)  # (S, C, padded_length)
     return out[..., pad_left : pad_left + length]

@@ -27,9 +27,10 @@ Metrics (all in dB):
 
 Per stem, the summary is the median over tracks (tracks where the stem is
 silent are left out); ``irm_share`` is how much of the oracle's gain over the
-mixture the model's median reaches, per stem and on average. Speech models' outputs are unordered: each mixture's
-estimates are matched to ``s1`` / ``s2`` by the permutation with the best mean
-SI-SDR (for the model; the oracle and mixture need none).
+mixture the model's median reaches, per stem and on average. Speech models'
+outputs are unordered: each mixture's estimates are matched to ``s1`` / ``s2``
+by the permutation with the best mean SI-SDR (for the model; the oracle and
+mixture need none).
 """
 
 from __future__ import annotations
