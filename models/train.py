@@ -105,6 +105,7 @@ class TrainOptions:
     lr_schedule: Literal["constant", "cosine"] = "constant"
     lr_min: float = 0.0  # the cosine schedule's last learning rate
     init: str | None = None  # checkpoint whose weights start the run (fresh optimiser and step count)
+    stop_after: int | None = None  # stop at this step; the learning-rate schedule still spans ``steps``
     command: str = ""  # the command line, stored in the checkpoint's metadata
 
     def __post_init__(self) -> None:
@@ -113,6 +114,8 @@ class TrainOptions:
                 raise TrainError(f"{name} must be >= 1")
         if self.lr <= 0 or self.clip <= 0:
             raise TrainError("lr and clip must be > 0")
+        if self.stop_after is not None and not 1 <= self.stop_after <= self.steps:
+            raise TrainError(f"stop_after must be within 1..steps ({self.steps}), got {self.stop_after}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise TrainError(f"lr_schedule must be 'constant' or 'cosine', not {self.lr_schedule!r}")
         if not 0 <= self.lr_min <= self.lr:
@@ -571,10 +574,11 @@ def train(options: TrainOptions, on_step: Callable[[int, float], None] | None = 
 
     from tqdm import tqdm
 
-    bar = tqdm(total=options.steps, initial=step, unit="step", disable=not (options.progress and dist_info.main))
+    last = options.steps if options.stop_after is None else options.stop_after
+    bar = tqdm(total=last, initial=step, unit="step", disable=not (options.progress and dist_info.main))
     model.train()
     train_loss = math.nan
-    while step < options.steps:
+    while step < last:
         epoch, within = divmod(step, per_epoch)
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
@@ -609,7 +613,7 @@ def train(options: TrainOptions, on_step: Callable[[int, float], None] | None = 
             bar.set_postfix(loss=f"{train_loss:.4g}", best=f"{best_val:.4g}")
             if on_step is not None:
                 on_step(step, train_loss)
-            if step % options.valid_every == 0 or step == options.steps:
+            if step % options.valid_every == 0 or step == last:
                 val = validate() if dist_info.main else math.nan
                 val = _broadcast_float(val, dist_info, device)
                 history.append({"step": step, "train_loss": train_loss, "val_loss": val})
@@ -624,7 +628,7 @@ def train(options: TrainOptions, on_step: Callable[[int, float], None] | None = 
                         )
                     save_state()
                 _barrier(dist_info)
-            if step >= options.steps:
+            if step >= last:
                 break
     bar.close()
     if dist_info.enabled:

@@ -39,6 +39,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--segment", type=float, default=None, help="seconds per example (default: per model)")
     parser.add_argument("--valid-every", type=int, default=100, help="validate (and checkpoint) every N steps")
     parser.add_argument("--valid-items", type=int, default=None, help="cap on validation examples (default: all)")
+    parser.add_argument(
+        "--stop-after", type=int, default=None, metavar="N",
+        help="stop after step N, as if the run were cut off there (the schedule still spans --steps)",
+    )  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="continue from <out>.train-state.pt if it exists")
     parser.add_argument(
         "--config", action="append", default=[], metavar="KEY=VALUE", help="config override (JSON value), repeatable"
@@ -66,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
             lr_schedule=args.lr_schedule,
             lr_min=args.lr_min,
             init=args.init,
+            stop_after=args.stop_after,
             device=args.device,
             seed=args.seed,
             segment=args.segment,

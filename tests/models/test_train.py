@@ -139,6 +139,17 @@ def test_resume_continues_exactly_where_it_stopped(data: dict[str, Path], tmp_pa
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_stop_after_cuts_a_run_short_without_changing_its_schedule(data: dict[str, Path], tmp_path: Path) -> None:
+    cosine = {"lr_schedule": "cosine", "lr_min": 1e-5, "valid_every": 3}
+    straight = train(_options(data, tmp_path / "a.pt", steps=6, **cosine))
+    cut = train(_options(data, tmp_path / "b.pt", steps=6, stop_after=3, **cosine))
+    assert cut.step == 3 and cut.history == straight.history[:1]
+    resumed = train(_options(data, tmp_path / "b.pt", steps=6, resume=True, **cosine))
+    assert resumed.history == straight.history  # the cut run was on the 6-step schedule all along
+    with pytest.raises(TrainError, match="stop_after"):
+        _options(data, tmp_path / "c.pt", steps=6, stop_after=7)
+
+
 def test_resume_refuses_another_model_config(data: dict[str, Path], tmp_path: Path) -> None:
     train(_options(data, tmp_path / "m.pt", steps=2))
     other = {**TINY_UNET, "channels": [4, 8]}
