@@ -101,6 +101,7 @@ class TrainOptions:
     threads: int | None = None  # default: os.cpu_count() (shared among local ranks)
     valid_items: int | None = None  # cap on validation examples (evenly spread), None = all
     augment: bool = True
+    repitch: float = 0.0  # chance that a training stem is repitched (up to 2 semitones with its tempo)
     progress: bool = True
     lr_schedule: Literal["constant", "cosine"] = "constant"
     lr_min: float = 0.0  # the cosine schedule's last learning rate
@@ -124,6 +125,10 @@ class TrainOptions:
             raise TrainError("segment must be > 0 seconds")
         if self.workers < 0:
             raise TrainError("workers must be >= 0")
+        if not 0.0 <= self.repitch <= 1.0:
+            raise TrainError(f"repitch is a probability in [0, 1], got {self.repitch}")
+        if self.repitch and not self.augment:
+            raise TrainError("repitch is an augmentation; it cannot be combined with augment off")
 
 
 @dataclass
@@ -323,9 +328,13 @@ def draw_targets(
 
 
 def make_datasets(
-    description: ModelDescription, task: Task, data: str, seed: int, augment: bool
+    description: ModelDescription, task: Task, data: str, seed: int, augment: bool, repitch: float = 0.0
 ) -> tuple[MusicStems | SpeechMixtures, MusicStems | SpeechMixtures]:
-    """Training and validation datasets for ``task``, stems in the model's source order."""
+    """Training and validation datasets for ``task``, stems in the model's source order.
+
+    ``repitch`` is the chance that a training stem is resampled to another pitch and
+    tempo (:class:`~models.data.augment.AugmentConfig`); validation data is never augmented.
+    """
     root = Path(data)
     seconds = task.segment_samples / description.sample_rate
     rate, channels = description.sample_rate, description.audio_channels
@@ -336,7 +345,8 @@ def make_datasets(
             if not (root / "train").is_dir():
                 raise TrainError(f"{root} has no train/ folder: a music model needs MUSDB-layout data")
             train_set = MusicStems(
-                root, "train", seconds, rate, AugmentConfig() if augment else None, description.sources, channels,
+                root, "train", seconds, rate, AugmentConfig(repitch_probability=repitch) if augment else None,
+                description.sources, channels,
                 random_crop=True, seed=seed,
             )  # fmt: skip
             valid_set = MusicStems(root, "valid", seconds, rate, None, description.sources, channels, random_crop=False)
@@ -346,8 +356,9 @@ def make_datasets(
             # Dynamic mixing for speech: speakers of different mixtures, small gain changes,
             # never a dropped speaker (SI-SNR of a silent reference is meaningless).
             speech_augment = AugmentConfig(
-                gain_db=(-2.5, 2.5), drop_probability=0.0, remix_probability=0.5, channel_swap_probability=0.0
-            )
+                gain_db=(-2.5, 2.5), drop_probability=0.0, remix_probability=0.5, channel_swap_probability=0.0,
+                repitch_probability=repitch,
+            )  # fmt: skip
             train_set = SpeechMixtures(
                 root, "tr", seconds, rate, speech_augment if augment else None, channels, random_crop=True, seed=seed
             )
@@ -483,7 +494,9 @@ def train(options: TrainOptions, on_step: Callable[[int, float], None] | None = 
     description = model.describe()
     task = choose_task(model, options.segment)
     train_set: MusicStems | SpeechMixtures
-    train_set, valid_full = make_datasets(description, task, options.data, options.seed, options.augment)
+    train_set, valid_full = make_datasets(
+        description, task, options.data, options.seed, options.augment, options.repitch
+    )
     valid_set = Subset(valid_full, _spread(len(valid_full), options.valid_items))
     if dist_info.main:
         log.info(

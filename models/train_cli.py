@@ -51,6 +51,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip", type=float, default=5.0, help="gradient norm clip (default 5)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--no-augment", action="store_true", help="train on plain random crops")
+    parser.add_argument(
+        "--repitch", type=float, default=0.0, metavar="PROB",
+        help="chance that a training stem is resampled up to 2 semitones up or down, tempo with it (default 0)",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -82,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             valid_items=args.valid_items,
             augment=not args.no_augment,
+            repitch=args.repitch,
             progress=not args.no_progress,
             command=" ".join(["stemserve", *sys.argv[1:]]),
         )

@@ -41,7 +41,7 @@ from protos import stemserve_pb2_grpc as pb_grpc
 from server import pcm
 from server.engine import errors
 from server.engine.engine import Engine, ModelInfo
-from server.engine.session import BlockResult, LatencyParts
+from server.engine.session import BlockResult, LatencyParts, LatencyTrim
 
 log = logging.getLogger(__name__)
 
@@ -373,15 +373,9 @@ class SeparationServicer(pb_grpc.SeparationServicer):
         # Frames per answer so that every stem of it fits in one message (with room for framing).
         max_frames = max(1, (self._max_message_bytes - 4096) // (4 * start.channels * len(names)))
         total = start.total_frames
-        skip = info.latency.total  # output frames that precede the input's first frame
+        take = LatencyTrim(info.latency.total)
         done = seq = received = 0
         in_flight: deque[Future[BlockResult]] = deque()
-
-        def take(stems: np.ndarray) -> np.ndarray:
-            nonlocal skip
-            drop = min(skip, stems.shape[-1])
-            skip -= drop
-            return stems[..., drop:]
 
         try:
             yield pb.SeparateResponse(
@@ -414,7 +408,7 @@ class SeparationServicer(pb_grpc.SeparationServicer):
                 tail = (await asyncio.wrap_future(self.engine.flush(info.id, seq))).stems
             except errors.EngineError as err:
                 await abort_for(context, err)
-            # The tail holds the estimates of the last L input frames; those not yet sent follow `skip`.
+            # The tail holds the estimates of the last L input frames.
             stems = take(tail)[..., : received - done]
             for message in chunk_messages(done, stems, names, max_frames):
                 yield message

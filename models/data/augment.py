@@ -9,7 +9,10 @@ augmentation, whatever was changed.
 * :func:`sample_events` draws the events for one example; with probability
   ``remix_probability`` each stem comes from its own random track and offset
   (remixing across songs, as Open-Unmix and Demucs train), otherwise all stems
-  share the example's track and offset.
+  share the example's track and offset. With probability
+  ``repitch_probability`` a stem is also *repitched*: played faster or slower by
+  up to ``repitch_semitones`` (pitch and tempo together, as a tape does), so one
+  song's melody and timbre yield many; stems of one song share the factor.
 * :func:`render_events` reads the stems of those events and applies them.
 * :func:`augment_stems` applies gains / channel swaps / drops to stems already in
   memory, and :func:`remix_batch` shuffles each stem across a batch (Demucs'
@@ -41,6 +44,9 @@ class AugmentConfig:
         keep_one: never drop every stem of an example (a silent mixture teaches nothing).
         remix_probability: chance that an example's stems come from different tracks.
         channel_swap_probability: chance that a stereo stem's channels are swapped.
+        repitch_probability: chance that a stem (all stems of an unremixed example
+            together) is resampled to another pitch and tempo.
+        repitch_semitones: the largest shift, up or down (drawn uniformly in semitones).
     """
 
     gain_db: tuple[float, float] = (-6.0, 3.0)
@@ -48,12 +54,16 @@ class AugmentConfig:
     keep_one: bool = True
     remix_probability: float = 0.5
     channel_swap_probability: float = 0.5
+    repitch_probability: float = 0.0
+    repitch_semitones: float = 2.0
 
     def __post_init__(self) -> None:
         low, high = self.gain_db
         if low > high:
             raise ValueError(f"gain_db range is reversed: {self.gain_db}")
-        for name in ("drop_probability", "remix_probability", "channel_swap_probability"):
+        if not 0.0 <= self.repitch_semitones <= 12.0:
+            raise ValueError(f"repitch_semitones must be in [0, 12], got {self.repitch_semitones}")
+        for name in ("drop_probability", "remix_probability", "channel_swap_probability", "repitch_probability"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
@@ -66,7 +76,11 @@ NO_AUGMENT = AugmentConfig(
 
 @dataclass(frozen=True)
 class StemEvent:
-    """One stem of an example: source track and stem, crop offset (samples), gain, swap, dropped."""
+    """One stem of an example: source track and stem, crop offset (samples), gain, swap, dropped.
+
+    ``speed`` is the repitch factor: ``segment * speed`` source samples are squeezed
+    into ``segment``, raising pitch and tempo by ``speed`` (1.0: untouched).
+    """
 
     stem: int
     track: int
@@ -74,6 +88,11 @@ class StemEvent:
     gain: float
     swap: bool
     dropped: bool
+    speed: float = 1.0
+
+    def source_length(self, segment: int) -> int:
+        """Source samples read to fill ``segment`` output samples."""
+        return segment if self.speed == 1.0 else int(round(segment * self.speed))
 
 
 def _uniform(generator: torch.Generator, low: float = 0.0, high: float = 1.0) -> float:
@@ -108,21 +127,29 @@ def sample_events(
     if segment <= 0 or num_stems <= 0:
         raise ValueError("segment and num_stems must be positive")
 
-    def offset_in(track: int) -> int:
-        return _randint(generator, track_lengths[track] - segment + 1)
+    def speed() -> float:
+        # Nothing is drawn when repitching is off, so such runs keep their random streams.
+        if config.repitch_probability == 0.0 or _uniform(generator) >= config.repitch_probability:
+            return 1.0
+        return 2.0 ** (_uniform(generator, -config.repitch_semitones, config.repitch_semitones) / 12.0)
 
-    shared = offset_in(base_track) if base_offset is None else base_offset
+    def offset_in(track: int, factor: float) -> int:
+        return _randint(generator, track_lengths[track] - int(round(segment * factor)) + 1)
+
+    shared_speed = speed()
+    shared = offset_in(base_track, shared_speed) if base_offset is None else base_offset
     remix = _uniform(generator) < config.remix_probability
     events = []
     for stem in range(num_stems):
-        track, offset = base_track, shared
+        track, offset, factor = base_track, shared, shared_speed
         if remix:
             track = _randint(generator, len(track_lengths))
-            offset = offset_in(track)
+            factor = speed()
+            offset = offset_in(track, factor)
         gain = 10.0 ** (_uniform(generator, *config.gain_db) / 20.0)
         swap = _uniform(generator) < config.channel_swap_probability
         dropped = _uniform(generator) < config.drop_probability
-        events.append(StemEvent(stem, track, offset, gain, swap, dropped))
+        events.append(StemEvent(stem, track, offset, gain, swap, dropped, factor))
     if config.keep_one and all(e.dropped for e in events):
         keep = _randint(generator, num_stems)
         events[keep] = StemEvent(**{**events[keep].__dict__, "dropped": False})
@@ -142,9 +169,12 @@ def render_events(
     """
     stems = []
     for event in events:
-        audio = read(event.track, event.stem, event.offset, segment)
-        if audio.shape[-1] != segment:
-            raise ValueError(f"read returned {audio.shape[-1]} samples, expected {segment}")
+        length = event.source_length(segment)
+        audio = read(event.track, event.stem, event.offset, length)
+        if audio.shape[-1] != length:
+            raise ValueError(f"read returned {audio.shape[-1]} samples, expected {length}")
+        if length != segment:
+            audio = squeeze(audio, segment)
         if event.dropped:
             audio = torch.zeros_like(audio)
         else:
@@ -153,6 +183,17 @@ def render_events(
                 audio = audio.flip(0)
         stems.append(audio)
     return torch.stack(stems)
+
+
+def squeeze(audio: torch.Tensor, length: int) -> torch.Tensor:
+    """Resample ``(C, n)`` audio to ``(C, length)`` (soxr, high quality): pitch and tempo scale by n / length."""
+    import soxr
+
+    source = audio.shape[-1]
+    out = np.asarray(soxr.resample(audio.numpy().T, source, length, quality="HQ"), dtype=np.float32).T
+    fitted = np.zeros((audio.shape[0], length), dtype=np.float32)
+    fitted[:, : min(length, out.shape[-1])] = out[:, :length]
+    return torch.from_numpy(fitted)
 
 
 def random_crop(audio: ArrayT, length: int, generator: torch.Generator) -> ArrayT:
@@ -176,7 +217,12 @@ def augment_stems(stems: ArrayT, config: AugmentConfig, generator: torch.Generat
         raise ValueError(f"stems must be (S, C, T), got shape {tuple(stems.shape)}")
     events = sample_events(0, [stems.shape[-1]], stems.shape[0], stems.shape[-1], config, generator, base_offset=0)
     tensor = torch.as_tensor(stems)
-    out = render_events(events, lambda _track, stem, _offset, _length: tensor[stem], stems.shape[-1])
+
+    def read(_track: int, stem: int, _offset: int, length: int) -> torch.Tensor:
+        # A stem repitched down needs more samples than there are: its end is silent.
+        return torch.nn.functional.pad(tensor[stem, :, :length], (0, max(0, length - tensor.shape[-1])))
+
+    out = render_events(events, read, stems.shape[-1])
     if isinstance(stems, np.ndarray):
         return out.numpy().astype(stems.dtype, copy=False)
     return out

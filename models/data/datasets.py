@@ -154,7 +154,7 @@ class _StemFolders(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             generator=generator,
         )
         stems = render_events(
-            events, lambda track, stem, offset, _n: self._read(self.files[track][1][stem], offset, self.segment),
+            events, lambda track, stem, offset, n: self._read(self.files[track][1][stem], offset, n),
             self.segment,
         )  # fmt: skip
         # The mixture of all (augmented) stems, exactly; then the stems asked for.

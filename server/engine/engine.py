@@ -62,7 +62,15 @@ from server.engine.errors import (
 from server.engine.pool import ModelPool
 from server.engine.resample import DEFAULT_QUALITY, FILE_RESAMPLE_QUALITY, MAX_RATE, MIN_RATE
 from server.engine.scheduler import ModelScheduler
-from server.engine.session import BlockResult, LatencyParts, Request, Session, SessionInfo, SessionParams
+from server.engine.session import (
+    BlockResult,
+    LatencyParts,
+    LatencyTrim,
+    Request,
+    Session,
+    SessionInfo,
+    SessionParams,
+)
 from server.engine.stats import BlockStats
 from server.engine.work import Streamer
 
@@ -503,7 +511,7 @@ class Engine:
             model, sample_rate, audio.shape[0], {"stems": list(stems)} if stems else None, realtime=False
         )
         chunk = max(1, int(self.config.file_chunk_s * sample_rate))
-        skip = info.latency.total
+        trim = LatencyTrim(info.latency.total)
         done = 0
         try:
             in_flight: deque[Future[BlockResult]] = deque()
@@ -513,17 +521,13 @@ class Engine:
                     in_flight.append(self.submit(info.id, seq, audio[:, position : position + chunk]))
                     position += chunk
                     seq += 1
-                result = in_flight.popleft().result()
-                drop = min(skip, result.stems.shape[-1])
-                skip -= drop
-                if result.stems.shape[-1] > drop:
-                    piece = result.stems[..., drop:]
+                piece = trim(in_flight.popleft().result().stems)
+                if piece.shape[-1]:
                     yield done, piece
                     done += piece.shape[-1]
                 if progress_cb is not None:
                     progress_cb(done, total)
-            tail = self.flush(info.id).result()
-            piece = tail.stems[..., skip : skip + total - done]
+            piece = trim(self.flush(info.id).result().stems)[..., : total - done]
             if piece.shape[-1]:
                 yield done, piece
                 done += piece.shape[-1]

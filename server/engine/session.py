@@ -73,6 +73,25 @@ class LatencyParts:
         }
 
 
+class LatencyTrim:
+    """Lines a session's output up with its input by dropping its first ``latency`` frames.
+
+    A session's output lags its input by its latency L, so the output frames
+    before L precede the input's first frame. Feed every output block through
+    one trim, in order; what comes out starts at input frame 0. The last L
+    input frames come out of the session's flush.
+    """
+
+    def __init__(self, latency: int) -> None:
+        self.pending = latency  # output frames still to drop
+
+    def __call__(self, stems: np.ndarray) -> np.ndarray:
+        """``(..., n)`` output block -> its frames at or after input frame 0 (``(..., n - dropped)``)."""
+        drop = min(self.pending, stems.shape[-1])
+        self.pending -= drop
+        return stems[..., drop:]
+
+
 @dataclass(frozen=True)
 class SessionParams:
     """What a block's output is made of.

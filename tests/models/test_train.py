@@ -231,6 +231,22 @@ def test_cli_trains_and_reports(data: dict[str, Path], tmp_path: Path, capsys: p
     assert "no train/ folder" in capsys.readouterr().err
 
 
+def test_repitch_reaches_the_training_stems_and_only_them(data: dict[str, Path], tmp_path: Path) -> None:
+    from models.train import make_datasets
+
+    options = _options(data, tmp_path / "r.pt", repitch=0.5)
+    model = registry.build(options.model, options.config)
+    train_set, valid_set = make_datasets(model.describe(), choose_task(model), options.data, 0, True, 0.5)
+    assert train_set.augment is not None and train_set.augment.repitch_probability == 0.5
+    assert valid_set.augment is None
+    result = train(options)
+    assert all(torch.isfinite(torch.tensor(h["val_loss"])) for h in result.history)
+    with pytest.raises(TrainError, match="probability"):
+        _options(data, tmp_path / "x.pt", repitch=1.5)
+    with pytest.raises(TrainError, match="augment"):
+        _options(data, tmp_path / "x.pt", repitch=0.5, augment=False)
+
+
 def test_config_overrides_parse_json_values() -> None:
     assert parse_overrides(["channels=[8,16]", "dropout=0.1", "target=vocals", "causal=true"]) == {
         "channels": [8, 16],

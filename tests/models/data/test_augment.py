@@ -103,10 +103,71 @@ def test_random_crop_pads_short_audio() -> None:
     assert crop.shape == (10,) and np.all(np.diff(crop) == 1)
 
 
+def test_without_repitch_the_random_stream_is_what_it_always_was() -> None:
+    # Drawn before repitching existed: runs that do not repitch must reproduce exactly.
+    events = sample_events(0, [5000, 7000, 9000], 4, 1000, STRONG, generator_for(11))
+    assert [(e.track, e.offset, round(e.gain, 6), e.swap, e.dropped, e.speed) for e in events] == [
+        (2, 7412, 0.906224, False, True, 1.0),
+        (0, 660, 0.91689, True, False, 1.0),
+        (0, 910, 0.663432, False, False, 1.0),
+        (0, 1210, 0.484227, False, True, 1.0),
+    ]
+
+
+REPITCH = AugmentConfig(remix_probability=0.0, repitch_probability=1.0, repitch_semitones=2.0)
+
+
+def test_repitch_draws_one_factor_per_song_within_the_semitone_range() -> None:
+    factors = []
+    for seed in range(40):
+        events = sample_events(0, [44100], 4, 8000, REPITCH, generator_for(seed))
+        assert len({e.speed for e in events}) == 1  # the stems of one song stay in time and in tune
+        factors.append(events[0].speed)
+        assert 0 <= events[0].offset <= 44100 - round(8000 * events[0].speed)  # the longer read still fits
+    semitones = 12 * np.log2(factors)
+    assert semitones.min() >= -2.0 and semitones.max() <= 2.0
+    assert semitones.min() < -1.0 and semitones.max() > 1.0  # the range is used, both ways
+    remixed = sample_events(
+        0, [44100] * 4, 4, 8000, AugmentConfig(remix_probability=1.0, repitch_probability=1.0), generator_for(0)
+    )
+    assert len({e.speed for e in remixed}) == 4  # stems of different songs get their own factors
+
+
+def test_a_repitched_stem_sounds_at_the_shifted_pitch() -> None:
+    rate, segment = 8000, 8000
+    t = torch.arange(3 * rate) / rate
+    tone = torch.sin(2 * torch.pi * 440.0 * t).repeat(4, 2, 1)  # (S, C, T): a 440 Hz sine in every stem
+    events = sample_events(0, [tone.shape[-1]], 4, segment, REPITCH, generator_for(5))
+    stems = render_events(events, lambda _t, s, o, n: tone[s, :, o : o + n], segment)
+    assert stems.shape == (4, 2, segment)
+    spectrum = torch.fft.rfft(stems[0, 0] * torch.hann_window(segment)).abs()
+    peak_hz = float(spectrum.argmax()) * rate / segment
+    assert events[0].speed != 1.0
+    assert peak_hz == pytest.approx(440.0 * events[0].speed, abs=2.0)
+    expected_rms = events[0].gain / np.sqrt(2) * (0 if events[0].dropped else 1)
+    assert float(stems[0, 0, 1000:-1000].pow(2).mean().sqrt()) == pytest.approx(expected_rms, rel=0.02)
+
+
+def test_repitched_in_memory_stems_keep_their_shape_and_mixture() -> None:
+    stems = _stems(length=4000)
+    out = augment_stems(stems, REPITCH, generator_for(2))
+    assert out.shape == stems.shape and torch.isfinite(out).all()
+    for s in range(4):  # resampled noise is no longer a scaled copy of the original
+        kept = out[s]
+        if kept.abs().sum() == 0:
+            continue  # dropped
+        cosine = float((kept * stems[s]).sum() / (kept.norm() * stems[s].norm()))
+        assert abs(cosine) < 0.9
+
+
 def test_bad_configs_are_rejected() -> None:
     with pytest.raises(ValueError):
         AugmentConfig(drop_probability=1.5)
     with pytest.raises(ValueError):
         AugmentConfig(gain_db=(3.0, -3.0))
+    with pytest.raises(ValueError):
+        AugmentConfig(repitch_probability=-0.1)
+    with pytest.raises(ValueError):
+        AugmentConfig(repitch_semitones=13.0)
     with pytest.raises(ValueError):
         augment_stems(torch.zeros(2, 10), STRONG, generator_for(0))

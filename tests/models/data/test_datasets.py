@@ -64,6 +64,18 @@ def test_augmented_subset_mixture_is_the_sum_of_every_stem(music_root: Path) -> 
         assert torch.equal(vocals[i][0], mixture) and torch.equal(vocals[i][1], stems[3:])
 
 
+def test_repitched_examples_are_deterministic_full_length_and_still_sum_to_the_mixture(music_root: Path) -> None:
+    config = AugmentConfig(drop_probability=0.0, repitch_probability=1.0)
+    data = MusicStems(music_root, "train", 0.25, augment=config, seed=4)
+    plain = MusicStems(music_root, "train", 0.25, augment=AugmentConfig(drop_probability=0.0), seed=4)
+    for i in range(4):
+        mixture, stems = data[i]
+        assert stems.shape == plain[i][1].shape
+        assert torch.equal(mixture, stems.sum(0))
+        assert torch.equal(stems, data[i][1])
+    assert not torch.equal(data[0][1], plain[0][1])
+
+
 def test_mono_and_resampled_music(music_root: Path) -> None:
     data = MusicStems(music_root, "valid", 0.5, sample_rate=22050, channels=1)
     mixture, stems = data[0]
