@@ -209,7 +209,7 @@ def random_crop(audio: ArrayT, length: int, generator: torch.Generator) -> Array
 
 
 def augment_stems(stems: ArrayT, config: AugmentConfig, generator: torch.Generator) -> ArrayT:
-    """Per-stem gain, channel swap and drop of in-memory stems ``(S, C, T)``; same type back.
+    """Per-stem gain, channel swap, drop (and repitch, if configured) of in-memory stems ``(S, C, T)``; same type back.
 
     The mixture of the result is ``result.sum(0)`` (recompute it; never reuse the old one).
     """
