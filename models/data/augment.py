@@ -90,9 +90,10 @@ class StemEvent:
     dropped: bool
     speed: float = 1.0
 
-    def source_length(self, segment: int) -> int:
-        """Source samples read to fill ``segment`` output samples."""
-        return segment if self.speed == 1.0 else int(round(segment * self.speed))
+
+def source_length(segment: int, speed: float) -> int:
+    """Source samples that a stem played ``speed`` times as fast squeezes into ``segment``."""
+    return segment if speed == 1.0 else int(round(segment * speed))
 
 
 def _uniform(generator: torch.Generator, low: float = 0.0, high: float = 1.0) -> float:
@@ -134,7 +135,7 @@ def sample_events(
         return 2.0 ** (_uniform(generator, -config.repitch_semitones, config.repitch_semitones) / 12.0)
 
     def offset_in(track: int, factor: float) -> int:
-        return _randint(generator, track_lengths[track] - int(round(segment * factor)) + 1)
+        return _randint(generator, track_lengths[track] - source_length(segment, factor) + 1)
 
     shared_speed = speed()
     shared = offset_in(base_track, shared_speed) if base_offset is None else base_offset
@@ -169,7 +170,7 @@ def render_events(
     """
     stems = []
     for event in events:
-        length = event.source_length(segment)
+        length = source_length(segment, event.speed)
         audio = read(event.track, event.stem, event.offset, length)
         if audio.shape[-1] != length:
             raise ValueError(f"read returned {audio.shape[-1]} samples, expected {length}")

@@ -21,6 +21,7 @@ from models.train import (
     TrainOptions,
     choose_task,
     learning_rate,
+    make_datasets,
     parse_overrides,
     state_path,
     train,
@@ -232,8 +233,6 @@ def test_cli_trains_and_reports(data: dict[str, Path], tmp_path: Path, capsys: p
 
 
 def test_repitch_reaches_the_training_stems_and_only_them(data: dict[str, Path], tmp_path: Path) -> None:
-    from models.train import make_datasets
-
     options = _options(data, tmp_path / "r.pt", repitch=0.5)
     model = registry.build(options.model, options.config)
     train_set, valid_set = make_datasets(model.describe(), choose_task(model), options.data, 0, True, 0.5)
