@@ -14,8 +14,9 @@ latency, so every choice made here is a plan the engine can follow too:
   weights), the mixture phase is applied, and the STFT is inverted by weighted
   overlap-add (:func:`models.stft.istft`). Exactly ``T`` samples come back,
   aligned with the input. When every source is estimated and the model asks
-  for it, the overlap-added magnitudes are first normalised jointly
-  (:mod:`models.joint`), frame by frame, as the engine does too.
+  for it, the overlap-added magnitudes first share the mixture out jointly
+  (:class:`models.joint.JointStems`: by power frame by frame, or with the
+  causal multichannel Wiener filter), as the engine does too.
 * **Causal waveform models** (``causal=True``): ``model.separate`` on the whole
   signal followed by ``lookahead`` samples of silence, cropped to ``T``. The
   padding makes the last outputs see silence after the signal, as a flushed
@@ -47,7 +48,7 @@ import torch.nn.functional as F
 
 from models.base import Separator
 from models.description import ModelDescription
-from models.joint import joint_power, joint_stems, normalise_stems
+from models.joint import JointStems, joint_stems
 from models.stft import istft, magnitude_phase, stft
 
 Weighting = Literal["taper", "hard"]
@@ -616,8 +617,8 @@ def separate_signal(
         if not isinstance(chosen, WindowPlan):
             raise ValueError(f"{d.architecture} needs a WindowPlan, got {type(chosen).__name__}")
         if d.domain == "spectrogram":
-            power = joint_power(d) if joint_stems(d, None if target is None else [target]) else None
-            out = _separate_spectrogram(model, x, chosen, targets, stems, batch_size, progress, power)
+            joint = joint_stems(d, None if target is None else [target])
+            out = _separate_spectrogram(model, x, chosen, targets, stems, batch_size, progress, joint)
         else:
             out = overlap_windows(
                 chosen, x, lambda b: _run(model, b, targets), stems, batch_size, progress, unordered_sources(d)
@@ -635,7 +636,7 @@ def _separate_spectrogram(
     stems: int,
     batch_size: int,
     progress: Progress | None,
-    power: float | None,
+    joint: bool,
 ) -> torch.Tensor:
     assert plan.n_fft is not None and plan.hop_length is not None
     n_fft, hop = plan.n_fft, plan.hop_length
@@ -645,9 +646,9 @@ def _separate_spectrogram(
     padded_length = (frames - 1) * hop + n_fft
     spec = stft(F.pad(x, (pad_left, padded_length - pad_left - length)), n_fft, hop)  # (C, F, K)
     mag, phase = magnitude_phase(spec)
-    unordered = unordered_sources(model.describe())
+    d = model.describe()
+    unordered = unordered_sources(d)
     est = overlap_windows(plan, mag, lambda b: _run(model, b, targets), stems, batch_size, progress, unordered)
-    if power is not None:  # every source was asked for: share the mixture out by this power
-        est = normalise_stems(est, mag, power=power)
-    out = istft(est * phase, n_fft, hop)  # (S, C, padded_length)
+    # every source was asked for: share the mixture out among them
+    out = istft(JointStems(d)(est, mag, phase) if joint else est * phase, n_fft, hop)  # (S, C, padded_length)
     return out[..., pad_left : pad_left + length]

@@ -19,7 +19,10 @@ Models opt in with ``extras["joint_stems"]`` (and ``extras["joint_power"]``,
 ``p``) in their description; training
 then optimises the normalised stems as well (:mod:`models.train`), and offline
 separation (:mod:`models.apply`) and the streaming engine normalise whenever a
-request asks for all of the model's sources.
+request asks for all of the model's sources, both through :class:`JointStems`.
+A stereo model may instead share the mixture out with the causal multichannel
+Wiener filter of :mod:`models.wiener` (``extras["joint_spatial_frames"]`` > 0),
+which also uses where the stems sit in the stereo field.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from collections.abc import Sequence
 import torch
 
 from models.description import ModelDescription
+from models.wiener import SpatialWiener
 
 EPS = 1e-8
 
@@ -60,3 +64,38 @@ def normalise_stems(estimates: torch.Tensor, mixture: torch.Tensor, dim: int = 0
     weights = estimates if power == 1 else estimates.pow(power)
     total = weights.sum(dim, keepdim=True)
     return mixture.unsqueeze(dim) * weights / total.clamp_min(EPS**power)
+
+
+class JointStems:
+    """The joint step of one stream of frames: the mixture shared out among all the stems.
+
+    Power sharing (:func:`normalise_stems`) is frame by frame; the spatial Wiener
+    filter keeps state across calls, so feed a stream's frames in order and
+    :meth:`reset` between streams.
+    """
+
+    def __init__(self, description: ModelDescription) -> None:
+        self.power = joint_power(description)
+        frames = float(description.extras.get("joint_spatial_frames", 0.0))
+        self.spatial: SpatialWiener | None = None
+        if frames > 0 and description.audio_channels == SpatialWiener.channels and description.n_fft:
+            bins = description.n_fft // 2 + 1
+            self.spatial = SpatialWiener(len(description.sources), bins, max(1.0, frames))
+
+    def reset(self) -> None:
+        if self.spatial is not None:
+            self.spatial.reset()
+
+    def __call__(self, estimates: torch.Tensor, magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+        """Share out the next frames.
+
+        Args:
+            estimates: ``(S, C, F, T)`` magnitude estimates of every stem.
+            magnitude, phase: the mixture STFT's ``(C, F, T)`` magnitude and unit-modulus
+                phase (:func:`models.stft.magnitude_phase`).
+        Returns:
+            ``(S, C, F, T)`` complex stem STFTs that sum to the mixture.
+        """
+        if self.spatial is not None:
+            return self.spatial(estimates, magnitude * phase)
+        return normalise_stems(estimates, magnitude, power=self.power) * phase

@@ -56,6 +56,10 @@ class UNetConfig:
             them in proportion to their estimates (:mod:`models.joint`), and train
             the conditioned variant for that (:func:`models.losses.joint_mask_l1`).
         joint_power: the estimates' exponent in that sharing (2: by power, Wiener).
+        spatial_seconds: when above 0 and the model is stereo, that sharing is the causal
+            multichannel Wiener filter of :mod:`models.wiener` instead, its stems' spatial
+            covariances averaged over this many seconds. An inference setting: training
+            is unchanged.
     """
 
     sources: tuple[str, ...] = ("vocals",)
@@ -74,6 +78,7 @@ class UNetConfig:
     mask_activation: Literal["sigmoid", "softmax"] = "sigmoid"
     joint_stems: bool = False
     joint_power: float = 2.0
+    spatial_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.bins > self.n_fft // 2 + 1:
@@ -82,6 +87,8 @@ class UNetConfig:
             raise ValueError("kernel_size must be odd")
         if len(self.channels) < 1:
             raise ValueError("need at least one encoder layer")
+        if self.spatial_seconds < 0:
+            raise ValueError(f"spatial_seconds must be >= 0, got {self.spatial_seconds}")
 
 
 class EncoderLayer(nn.Module):
@@ -231,6 +238,7 @@ class _SpectrogramUNet(Separator):
                 "mask_activation": cfg.mask_activation,
                 "joint_stems": cfg.joint_stems,
                 "joint_power": cfg.joint_power,
+                "joint_spatial_frames": cfg.spatial_seconds * cfg.sample_rate / cfg.hop_length,
             },
         )
 

@@ -33,7 +33,7 @@ import torch
 
 from models.apply import OverlapAdd, PermutationTracker, WindowPlan, unordered_sources
 from models.description import ModelDescription
-from models.joint import joint_power, joint_stems, normalise_stems
+from models.joint import JointStems, joint_stems
 from models.stft import hann_window, magnitude_phase, num_frames, stft
 from server.engine.pool import LoadedModel
 from server.engine.work import ItemSpec, Stream, Streamer, stem_slots, take_stems
@@ -59,8 +59,7 @@ class SpectrogramStream(Stream):
         self.bins = self.n_fft // 2 + 1
         self._slots = stem_slots(description, self.stems)
         self._description = description
-        self._joint = joint_stems(description, self.stems)
-        self._joint_power = joint_power(description)
+        self._joint = JointStems(description) if joint_stems(description, self.stems) else None
         window = hann_window(self.n_fft)
         self._window = window
         # Steady-state sum of squared windows at each offset within a hop: the
@@ -75,7 +74,9 @@ class SpectrogramStream(Stream):
         self._frames = 0  # frames made so far
         self._mags = torch.zeros(c, f, self.plan.size)  # last `size` frames, newest last
         self._phases: deque[torch.Tensor] = deque()  # phases of frames >= self._phase_frame
-        self._mixture: deque[torch.Tensor] = deque()  # their magnitudes (joint normalisation only)
+        self._mixture: deque[torch.Tensor] = deque()  # their magnitudes (joint stems only)
+        if self._joint is not None:
+            self._joint.reset()
         self._phase_frame = 0
         self._next_window = 0
         self._acc = OverlapAdd(self.plan, len(self.stems), (c, f))
@@ -105,7 +106,7 @@ class SpectrogramStream(Stream):
         history = torch.cat([self._mags, mags], dim=-1)  # the last `size` frames, then this push's `count`
         for i in range(count):
             self._phases.append(phases[..., i])
-            if self._joint:
+            if self._joint is not None:
                 self._mixture.append(mags[..., i])
             self._frames += 1
             if self.plan.start(self._next_window) + size <= self._frames:
@@ -142,12 +143,13 @@ class SpectrogramStream(Stream):
         assert first == self._phase_frame
         phase = torch.stack([self._phases.popleft() for _ in range(count)], dim=-1)  # (C, F, count)
         self._phase_frame += count
-        if self._joint:  # every source of the model is here: share the mixture out among them
+        if self._joint is not None:  # every source of the model is here: share the mixture out among them
             mixture = torch.stack([self._mixture.popleft() for _ in range(count)], dim=-1)
-            mags = normalise_stems(mags, mixture, power=self._joint_power)
+            spec = self._joint(mags, mixture, phase)  # (S, C, F, count)
+        else:
+            spec = mags * phase
         # Same per-frame math as models.stft.istft: irfft, synthesis window, then
         # overlap-add normalised by the summed squared window.
-        spec = mags * phase  # (S, C, F, count)
         frames = torch.fft.irfft(spec.transpose(-1, -2), n=self.n_fft, dim=-1) * self._window  # (S, C, count, n_fft)
         hop = self.hop
         zeros = torch.zeros(*self._ola.shape[:-1], hop)

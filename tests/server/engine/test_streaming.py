@@ -161,6 +161,15 @@ def test_jointly_normalised_stems_stream_like_offline() -> None:
     assert stats["shared_batches"] > 0
 
 
+def test_stems_shared_out_by_the_spatial_wiener_filter_stream_like_offline() -> None:
+    """The filter's moving averages carry across blocks: a stream gets what offline gets."""
+    config = {**TINY_UNET, "audio_channels": 2, "joint_stems": True, "spatial_seconds": 0.05}
+    model = registry.build("conditioned_unet", config).eval()
+    params = [{"stems": ["bass", "other", "vocals", "drums"]}, {}, {"stems": ["vocals"]}]
+    stats = check_equivalence(model, "cpu", seconds=1.0, open_params=params)
+    assert stats["shared_batches"] > 0
+
+
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_presets_stream_like_offline(preset: str) -> None:
     model = registry.build(preset, PRESETS[preset]).eval()
