@@ -111,6 +111,34 @@ def model_from_content(content: dict[str, Any]) -> Separator:
     return model
 
 
+def same_weights(a: Separator, b: Separator) -> bool:
+    """Whether ``a`` and ``b`` are one architecture with the same weight names and shapes."""
+    ours, theirs = a.state_dict(), b.state_dict()
+    return type(a) is type(b) and ours.keys() == theirs.keys() and all(ours[k].shape == theirs[k].shape for k in ours)
+
+
+def reconfigure(content: dict[str, Any], overrides: dict[str, Any]) -> tuple[Separator, dict[str, Any]]:
+    """The checkpoint's model with config ``overrides`` that leave every weight's shape alone.
+
+    For inference settings (e.g. ``spatial_seconds``, ``joint_power``) of trained weights.
+    Returns the model and the changed settings as ``{key: [old, new]}``; raises
+    :class:`CheckpointError` for unknown keys or a change of any weight's shape.
+    """
+    model = model_from_content(content)
+    cls = type(model)
+    old = model.config_dict()
+    try:
+        config = config_from_dict(cls.config_class, {**old, **overrides})
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"cannot set {overrides}: {err}") from err
+    changed = cls(config)
+    if not same_weights(model, changed):
+        raise CheckpointError(f"{sorted(overrides)}: changes the shape of the weights; train a new model instead")
+    changed.load_state_dict(model.state_dict())
+    new = changed.config_dict()
+    return changed.eval(), {k: [old.get(k), new[k]] for k in new if old.get(k) != new[k]}
+
+
 def load_checkpoint(path: str | Path) -> Separator:
     """Load a stemserve checkpoint (``.pt`` or ``.safetensors``) on CPU, in eval mode."""
     model = model_from_content(read_checkpoint(path))

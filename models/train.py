@@ -57,7 +57,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from models import losses, registry
 from models.base import Separator
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import load_checkpoint, same_weights, save_checkpoint
 from models.data import music
 from models.data.augment import AugmentConfig, generator_for
 from models.data.datasets import DataError, MusicStems, SpeechMixtures
@@ -434,16 +434,14 @@ def _warm_start(model: Separator, path: str) -> None:
         source = load_checkpoint(path)
     except (OSError, ValueError) as err:
         raise TrainError(f"--init {path}: {err}") from err
-    theirs, ours = source.state_dict(), model.state_dict()
-    same_shapes = theirs.keys() == ours.keys() and all(theirs[k].shape == ours[k].shape for k in ours)
-    if type(source) is not type(model) or not same_shapes:
+    if not same_weights(source, model):
         raise TrainError(
             f"--init {path} holds {type(source).__name__} {source.config_dict()}; "
             f"build the same model with --model and --config"
         )
     # Settings that leave every weight's shape alone (e.g. joint_stems, dropout) may change.
     changed = {k: v for k, v in model.config_dict().items() if source.config_dict().get(k) != v}
-    model.load_state_dict(theirs)
+    model.load_state_dict(source.state_dict())
     log.info("weights initialised from %s%s", path, f" (config changed: {changed})" if changed else "")
 
 

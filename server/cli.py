@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("models.data.cli", "render training / evaluation data (music stems, speech mixtures)"),
     "train": ("models.train_cli", "train an architecture on rendered data"),
     "eval": ("models.eval_cli", "evaluate a checkpoint: SDR / SI-SDR vs oracle IRM and mixture"),
+    "checkpoint": ("models.checkpoint_cli", "show a checkpoint, or copy it with inference settings changed"),
     "serve": ("server.serve_cli", "run the gRPC + OSC separation server"),
     "separate": ("server.separate_cli", "separate a file into stems (via a server, or an embedded one)"),
     "bridge": ("plugin_bridge.cli", "real-time audio bridge (JACK / PortAudio) for a DAW track"),

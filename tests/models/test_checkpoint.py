@@ -66,3 +66,47 @@ def test_a_mismatched_state_dict_is_a_clear_error(tmp_path: Path) -> None:
 def test_load_model_reports_missing_files(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no such file"):
         load_model(tmp_path / "absent.pt")
+
+
+def test_the_checkpoint_command_changes_inference_settings_and_keeps_the_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from server.cli import main
+
+    model = build("conditioned_unet", {**SMALL, "joint_stems": True}).eval()
+    torch.nn.init.normal_(model.film.to_film.weight)
+    source = save_checkpoint(model, tmp_path / "m.safetensors", metadata={"command": "stemserve train ..."})
+    out = tmp_path / "spatial.safetensors"
+    assert main(["checkpoint", str(source), "--config", "spatial_seconds=2.5", "--out", str(out)]) == 0
+    assert "spatial_seconds: 0.0 -> 2.5" in capsys.readouterr().out
+    changed = load_checkpoint(out)
+    assert changed.config.spatial_seconds == 2.5 and changed.describe().extras["joint_spatial_frames"] > 0
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(changed.state_dict()[key], value, rtol=0, atol=0)
+    metadata = read_checkpoint(out)["metadata"]
+    assert metadata["command"] == "stemserve train ..."  # training provenance kept
+    assert metadata["reconfigured"] == '[{"spatial_seconds": [0.0, 2.5]}]'
+    # with no --config it shows the checkpoint
+    assert main(["checkpoint", str(out)]) == 0
+    assert '"spatial_seconds": 2.5' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--config", "channels=[4,8]", "--out", "x.safetensors"], "shape of the weights"),
+        (["--config", "no_such_setting=1", "--out", "x.safetensors"], "no_such_setting"),
+        (["--config", "spatial_seconds=-1", "--out", "x.safetensors"], "spatial_seconds"),
+        (["--config", "spatial_seconds=1"], "needs --out"),
+    ],
+)
+def test_the_checkpoint_command_refuses_changes_it_cannot_make(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
+) -> None:
+    from server.cli import main
+
+    source = save_checkpoint(build("conditioned_unet", SMALL), tmp_path / "m.safetensors")
+    arguments = [a if not a.endswith(".safetensors") else str(tmp_path / a) for a in arguments]
+    assert main(["checkpoint", str(source), *arguments]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()
