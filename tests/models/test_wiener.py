@@ -11,6 +11,7 @@ from models import registry
 from models.joint import JointStems, normalise_stems
 from models.stft import magnitude_phase
 from models.wiener import SpatialWiener
+from tests.models.test_joint import TINY as JOINT_TINY
 
 BINS = 65
 
@@ -116,16 +117,7 @@ def test_bad_arguments_are_refused() -> None:
         SpatialWiener(2, BINS, 10.0)(stems.abs(), mixture.abs())
 
 
-TINY = {
-    "sample_rate": 16000,
-    "n_fft": 64,
-    "hop_length": 16,
-    "bins": 32,
-    "window_frames": 8,
-    "channels": (4, 8),
-    "dropout": 0.0,
-    "joint_stems": True,
-}
+TINY = {**JOINT_TINY, "joint_stems": True}  # a tiny stereo conditioned U-Net at 16 kHz, hop 16
 
 
 @pytest.mark.parametrize(
