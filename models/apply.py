@@ -617,7 +617,7 @@ def separate_signal(
         if not isinstance(chosen, WindowPlan):
             raise ValueError(f"{d.architecture} needs a WindowPlan, got {type(chosen).__name__}")
         if d.domain == "spectrogram":
-            joint = joint_stems(d, None if target is None else [target])
+            joint = JointStems(d) if joint_stems(d, None if target is None else [target]) else None
             out = _separate_spectrogram(model, x, chosen, targets, stems, batch_size, progress, joint)
         else:
             out = overlap_windows(
@@ -636,7 +636,7 @@ def _separate_spectrogram(
     stems: int,
     batch_size: int,
     progress: Progress | None,
-    joint: bool,
+    joint: JointStems | None,
 ) -> torch.Tensor:
     assert plan.n_fft is not None and plan.hop_length is not None
     n_fft, hop = plan.n_fft, plan.hop_length
@@ -646,9 +646,8 @@ def _separate_spectrogram(
     padded_length = (frames - 1) * hop + n_fft
     spec = stft(F.pad(x, (pad_left, padded_length - pad_left - length)), n_fft, hop)  # (C, F, K)
     mag, phase = magnitude_phase(spec)
-    d = model.describe()
-    unordered = unordered_sources(d)
+    unordered = unordered_sources(model.describe())
     est = overlap_windows(plan, mag, lambda b: _run(model, b, targets), stems, batch_size, progress, unordered)
     # every source was asked for: share the mixture out among them
-    out = istft(JointStems(d)(est, mag, phase) if joint else est * phase, n_fft, hop)  # (S, C, padded_length)
+    out = istft(est * phase if joint is None else joint(est, mag, phase), n_fft, hop)  # (S, C, padded_length)
     return out[..., pad_left : pad_left + length]

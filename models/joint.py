@@ -97,5 +97,5 @@ class JointStems:
             ``(S, C, F, T)`` complex stem STFTs that sum to the mixture.
         """
         if self.spatial is not None:
-            return self.spatial(estimates, magnitude * phase)
+            return self.spatial(estimates, magnitude, phase)
         return normalise_stems(estimates, magnitude, power=self.power) * phase

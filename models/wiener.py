@@ -69,42 +69,43 @@ class SpatialWiener:
         # Moving averages of |y_0|^2, |y_1|^2, Re and Im of y_0 conj(y_1), per stem and bin.
         self._moments = torch.zeros(4, self.stems, self.bins, dtype=torch.float64)
 
-    def __call__(self, estimates: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
+    def __call__(self, estimates: torch.Tensor, magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
         """Filter the next frames.
 
         Args:
             estimates: ``(S, 2, F, T)`` non-negative magnitude estimates of the stems.
-            mixture: ``(2, F, T)`` complex mixture STFT of the same frames.
+            magnitude, phase: the ``(2, F, T)`` mixture STFT's magnitude and unit-modulus
+                phase of the same frames (:func:`models.stft.magnitude_phase`).
         Returns:
-            ``(S, 2, F, T)`` complex stem STFTs (``mixture.dtype``, on its device)
-            that sum to ``mixture`` wherever any estimate is non-zero (and are zero where
-            all are, as with power sharing).
+            ``(S, 2, F, T)`` complex stem STFTs (``phase.dtype``, on its device) that sum
+            to the mixture wherever any estimate is non-zero (and are zero where all are,
+            as with power sharing).
         """
         s, f = self.stems, self.bins
-        if estimates.shape[:3] != (s, 2, f) or mixture.shape != (2, f, estimates.shape[-1]):
+        frames = estimates.shape[-1]
+        if estimates.shape[:3] != (s, 2, f) or magnitude.shape != (2, f, frames) or phase.shape != magnitude.shape:
             raise ValueError(
-                f"expected estimates ({s}, 2, {f}, T) and mixture (2, {f}, T); "
-                f"got {tuple(estimates.shape)} and {tuple(mixture.shape)}"
+                f"expected estimates ({s}, 2, {f}, T) and mixture magnitude and phase (2, {f}, T); got "
+                f"{tuple(estimates.shape)}, {tuple(magnitude.shape)} and {tuple(phase.shape)}"
             )
-        if not mixture.is_complex():
-            raise ValueError("mixture must be a complex STFT")
+        if not phase.is_complex():
+            raise ValueError("phase must be complex (unit modulus)")
         out = [
-            self._chunk(estimates[..., i : i + CHUNK], mixture[..., i : i + CHUNK])
-            for i in range(0, mixture.shape[-1], CHUNK)
+            self._chunk(estimates[..., i : i + CHUNK], magnitude[..., i : i + CHUNK], phase[..., i : i + CHUNK])
+            for i in range(0, frames, CHUNK)
         ]
         if not out:
-            return torch.zeros(estimates.shape, dtype=mixture.dtype, device=mixture.device)
+            return torch.zeros(estimates.shape, dtype=phase.dtype, device=phase.device)
         return torch.cat(out, dim=-1)
 
-    def _chunk(self, estimates: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
-        device, dtype = mixture.device, mixture.dtype
-        x = mixture.to("cpu", torch.complex128)  # (2, F, T)
+    def _chunk(self, estimates: torch.Tensor, magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+        device, dtype = phase.device, phase.dtype
+        unit = phase.to("cpu", torch.complex128)  # (2, F, T)
+        x = magnitude.to("cpu", torch.float64) * unit
         e = estimates.to("cpu", torch.float64)  # (S, 2, F, T)
-        # y_j = e_j * (mixture phase): |y_jc|^2 = e_jc^2, y_j0 conj(y_j1) = e_j0 e_j1 times the
-        # mixture's inter-channel phase
-        mag = x.abs()
-        inter = x[0] * x[1].conj() / (mag[0] * mag[1]).clamp_min(EPS)
-        inter = torch.where((mag[0] > 0) & (mag[1] > 0), inter, torch.ones_like(inter))  # (F, T)
+        # y_j = e_j * (mixture phase): |y_jc|^2 = e_jc^2, and y_j0 conj(y_j1) = e_j0 e_j1 times the
+        # mixture's inter-channel phase (1 where a channel is silent, as magnitude_phase makes it)
+        inter = unit[0] * unit[1].conj()  # (F, T)
         product = e[:, 0] * e[:, 1]
         moments = torch.stack([e[:, 0].square(), e[:, 1].square(), product * inter.real, product * inter.imag])
         v = (moments[0] + moments[1]) / 2  # (S, F, T) power

@@ -192,9 +192,16 @@ def squeeze(audio: torch.Tensor, length: int) -> torch.Tensor:
 
     source = audio.shape[-1]
     out = np.asarray(soxr.resample(audio.numpy().T, source, length, quality="HQ"), dtype=np.float32).T
+    return torch.from_numpy(fit_length(out, length))
+
+
+def fit_length(audio: np.ndarray, length: int) -> np.ndarray:
+    """``(C, n)`` audio cut or zero-padded on the right to ``(C, length)`` float32 (resamplers miss by a sample)."""
+    if audio.shape[-1] == length:
+        return audio
     fitted = np.zeros((audio.shape[0], length), dtype=np.float32)
-    fitted[:, : min(length, out.shape[-1])] = out[:, :length]
-    return torch.from_numpy(fitted)
+    fitted[:, : min(length, audio.shape[-1])] = audio[:, :length]
+    return fitted
 
 
 def random_crop(audio: ArrayT, length: int, generator: torch.Generator) -> ArrayT:

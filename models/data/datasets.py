@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from models.data import music, speech
-from models.data.augment import NO_AUGMENT, AugmentConfig, generator_for, render_events, sample_events
+from models.data.augment import NO_AUGMENT, AugmentConfig, fit_length, generator_for, render_events, sample_events
 
 
 class DataError(ValueError):
@@ -122,10 +122,8 @@ class _StemFolders(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             import soxr
 
             audio = np.asarray(soxr.resample(audio.T, self.file_rate, self.sample_rate, quality="HQ")).T
-        if samples is not None and audio.shape[1] != samples:
-            fitted = np.zeros((audio.shape[0], samples), dtype=np.float32)
-            fitted[:, : min(samples, audio.shape[1])] = audio[:, :samples]
-            audio = fitted
+        if samples is not None:
+            audio = fit_length(audio, samples)
         if audio.shape[0] != self.channels:
             if self.channels == 1:
                 audio = audio.mean(0, keepdims=True)

@@ -41,7 +41,7 @@ def relative_error(estimate: torch.Tensor, reference: torch.Tensor) -> float:
 
 def test_stems_sum_to_the_mixture() -> None:
     stems, mixture = panned_sources(50)
-    out = SpatialWiener(2, BINS, time_constant=20.0)(wrong_magnitudes(stems), mixture)
+    out = SpatialWiener(2, BINS, time_constant=20.0)(wrong_magnitudes(stems), *magnitude_phase(mixture))
     assert out.shape == stems.shape and out.dtype == mixture.dtype
     assert torch.allclose(out.sum(0), mixture, atol=1e-4)
 
@@ -54,7 +54,7 @@ def test_learnt_places_undo_magnitude_errors_that_power_sharing_keeps() -> None:
     estimates = wrong_magnitudes(stems)
     magnitude, phase = magnitude_phase(mixture)
     shared = normalise_stems(estimates, magnitude, power=2) * phase
-    spatial = SpatialWiener(2, BINS, time_constant=100.0)(estimates, mixture)
+    spatial = SpatialWiener(2, BINS, time_constant=100.0)(estimates, magnitude, phase)
     late = slice(200, None)  # after the averages have settled
     by_power = relative_error(shared[..., late], stems[..., late])
     by_place = relative_error(spatial[..., late], stems[..., late])
@@ -64,14 +64,15 @@ def test_learnt_places_undo_magnitude_errors_that_power_sharing_keeps() -> None:
 def test_frames_fed_in_any_blocks_give_the_same_output_and_reset_starts_over() -> None:
     stems, mixture = panned_sources(300)
     estimates = wrong_magnitudes(stems)
+    magnitude, phase = magnitude_phase(mixture)
     whole = SpatialWiener(2, BINS, time_constant=30.0)
-    reference = whole(estimates, mixture)
+    reference = whole(estimates, magnitude, phase)
     blocks = SpatialWiener(2, BINS, time_constant=30.0)
     edges = [0, 1, 2, 9, 100, 257, 300]
-    pieces = [blocks(estimates[..., a:b], mixture[..., a:b]) for a, b in itertools.pairwise(edges)]
+    pieces = [blocks(estimates[..., a:b], magnitude[..., a:b], phase[..., a:b]) for a, b in itertools.pairwise(edges)]
     assert torch.allclose(torch.cat(pieces, dim=-1), reference, atol=1e-5)
     whole.reset()
-    assert torch.allclose(whole(estimates, mixture), reference, atol=1e-6)
+    assert torch.allclose(whole(estimates, magnitude, phase), reference, atol=1e-6)
 
 
 def test_stems_that_all_sit_in_the_centre_are_shared_out_by_power() -> None:
@@ -82,7 +83,7 @@ def test_stems_that_all_sit_in_the_centre_are_shared_out_by_power() -> None:
     estimates = wrong_magnitudes(centred)
     magnitude, phase = magnitude_phase(mixture)
     expected = normalise_stems(estimates, magnitude, power=2) * phase
-    out = SpatialWiener(2, BINS, time_constant=10.0)(estimates, mixture)
+    out = SpatialWiener(2, BINS, time_constant=10.0)(estimates, magnitude, phase)
     assert relative_error(out, expected) < 1e-6
 
 
@@ -94,16 +95,21 @@ def test_a_short_time_constant_follows_a_stem_that_moves() -> None:
     mixture = moved.sum(0)
     estimates = wrong_magnitudes(moved)
     late = slice(250, None)
-    quick = relative_error(SpatialWiener(2, BINS, 10.0)(estimates, mixture)[..., late], moved[..., late])
-    slow = relative_error(SpatialWiener(2, BINS, 1000.0)(estimates, mixture)[..., late], moved[..., late])
+    magnitude, phase = magnitude_phase(mixture)
+    quick = relative_error(SpatialWiener(2, BINS, 10.0)(estimates, magnitude, phase)[..., late], moved[..., late])
+    slow = relative_error(SpatialWiener(2, BINS, 1000.0)(estimates, magnitude, phase)[..., late], moved[..., late])
     assert quick < slow
 
 
 def test_a_one_frame_average_uses_each_frame_alone() -> None:
     stems, mixture = panned_sources(20)
     estimates = wrong_magnitudes(stems)
-    whole = SpatialWiener(2, BINS, time_constant=1.0)(estimates, mixture)
-    alone = [SpatialWiener(2, BINS, 1.0)(estimates[..., t : t + 1], mixture[..., t : t + 1]) for t in range(20)]
+    magnitude, phase = magnitude_phase(mixture)
+    whole = SpatialWiener(2, BINS, time_constant=1.0)(estimates, magnitude, phase)
+    alone = [
+        SpatialWiener(2, BINS, 1.0)(estimates[..., t : t + 1], magnitude[..., t : t + 1], phase[..., t : t + 1])
+        for t in range(20)
+    ]
     assert torch.allclose(whole, torch.cat(alone, dim=-1), atol=1e-6)
 
 
@@ -112,9 +118,9 @@ def test_bad_arguments_are_refused() -> None:
         SpatialWiener(2, BINS, time_constant=0.5)
     stems, mixture = panned_sources(5)
     with pytest.raises(ValueError, match="expected estimates"):
-        SpatialWiener(3, BINS, 10.0)(stems.abs(), mixture)
+        SpatialWiener(3, BINS, 10.0)(stems.abs(), *magnitude_phase(mixture))
     with pytest.raises(ValueError, match="complex"):
-        SpatialWiener(2, BINS, 10.0)(stems.abs(), mixture.abs())
+        SpatialWiener(2, BINS, 10.0)(stems.abs(), mixture.abs(), mixture.abs())
 
 
 TINY = {**JOINT_TINY, "joint_stems": True}  # a tiny stereo conditioned U-Net at 16 kHz, hop 16
