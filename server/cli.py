@@ -62,7 +62,8 @@ def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, d
     return parser, modules
 
 
-def _command_in(argv: Sequence[str]) -> str | None:
+def command_in(argv: Sequence[str]) -> str | None:
+    """The subcommand of ``argv``: its first argument that is not an option (``-v`` comes before it)."""
     for arg in argv:
         if not arg.startswith("-"):
             return arg
@@ -71,7 +72,7 @@ def _command_in(argv: Sequence[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser, modules = build_parser(_command_in(argv))
+    parser, modules = build_parser(command_in(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),

@@ -15,7 +15,7 @@ import pytest
 
 from models import registry
 from models.train import parse_overrides
-from server.cli import build_parser
+from server.cli import build_parser, command_in
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["train-bundled", "eval-bundled"]
@@ -33,17 +33,12 @@ def stemserve_commands(script: str) -> list[list[str]]:
     return commands
 
 
-def command_of(argv: list[str]) -> str:
-    """The subcommand of ``argv`` (after global options such as ``-v``)."""
-    return next(a for a in argv if not a.startswith("-"))
-
-
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_command_parses(script: str) -> None:
     commands = stemserve_commands(script)
     assert len(commands) >= 5
     for argv in commands:
-        parser, _ = build_parser(command_of(argv))
+        parser, _ = build_parser(command_in(argv))
         try:
             parser.parse_args(argv)
         except SystemExit as err:  # argparse's way of refusing
@@ -51,7 +46,7 @@ def test_every_command_parses(script: str) -> None:
 
 
 def test_every_trained_model_builds_from_its_settings() -> None:
-    trained = [argv for argv in stemserve_commands("train-bundled") if command_of(argv) == "train"]
+    trained = [argv for argv in stemserve_commands("train-bundled") if command_in(argv) == "train"]
     models = {argv[argv.index("--model") + 1] for argv in trained}
     assert models == {"conditioned_unet", "chimera", "conv_tasnet_causal"}
     for argv in trained:
@@ -60,7 +55,7 @@ def test_every_trained_model_builds_from_its_settings() -> None:
 
 
 def test_the_bundled_unets_inference_settings_are_its_config_fields() -> None:
-    changes = [argv for argv in stemserve_commands("train-bundled") if command_of(argv) == "checkpoint"]
+    changes = [argv for argv in stemserve_commands("train-bundled") if command_in(argv) == "checkpoint"]
     assert changes
     for argv in changes:
         settings = [argv[i + 1] for i, a in enumerate(argv) if a == "--config"]
