@@ -14,8 +14,8 @@ import functools
 import time
 from typing import Any
 
-from bench.report import Options, figure, goal_text, on_worker_thread, save_figure, table
-from bench.subjects import subject
+from stemserve.bench.report import Options, figure, goal_text, on_worker_thread, save_figure, table
+from stemserve.bench.subjects import subject
 
 ITEM = "batching"
 COLUMNS = ["model", "item_shape", "batch", "ms_per_pass", "windows_per_s", "gain", "goal_gain", "verdict"]
@@ -27,11 +27,10 @@ DEFAULT_MODELS = ("conditioned_unet", "conv_tasnet_causal")
 
 def windows_per_second(name: str, options: Options, sizes: tuple[int, ...], min_seconds: float) -> list[dict[str, Any]]:
     import torch
-
-    from server.engine.batcher import WindowBatcher, WorkItem
-    from server.engine.engine import EngineConfig, default_plan, make_streamer
-    from server.engine.pool import LoadedModel, resolve_device
-    from server.engine.work import ItemSpec, StateSlot
+    from stemserve.server.engine.batcher import WindowBatcher, WorkItem
+    from stemserve.server.engine.engine import EngineConfig, default_plan, make_streamer
+    from stemserve.server.engine.pool import LoadedModel, resolve_device
+    from stemserve.server.engine.work import ItemSpec, StateSlot
 
     s = subject(name, options.tiny)
     device = resolve_device(options.device)

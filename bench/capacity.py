@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from bench.report import Options, figure, on_worker_thread, save_figure, table
-from bench.subjects import DEFAULT_MODELS, Subject, subject
+from stemserve.bench.report import Options, figure, on_worker_thread, save_figure, table
+from stemserve.bench.subjects import DEFAULT_MODELS, Subject, subject
 
 ITEM = "capacity"
 COLUMNS = ["model", "weights", "block", "sessions", "admitted", "worst_reply_ms_at_best", "goal"]
@@ -67,8 +66,7 @@ class Trial:
 
 async def _session(stub: Any, model: str, frames: int, start: float, count: int, trial: Trial) -> None:
     import grpc
-
-    from protos import stemserve_pb2 as pb
+    from stemserve.protos import stemserve_pb2 as pb
 
     period = frames / RATE
     pcm = (0.1 * np.random.default_rng(0).standard_normal((frames, 2))).astype("<f4").tobytes()
@@ -111,8 +109,7 @@ async def _session(stub: Any, model: str, frames: int, start: float, count: int,
 
 async def _trial(address: str, model: str, sessions: int, frames: int, duration: float) -> Trial:
     import grpc
-
-    from protos import stemserve_pb2_grpc as pb_grpc
+    from stemserve.protos import stemserve_pb2_grpc as pb_grpc
 
     trial = Trial(sessions)
     began = time.perf_counter()
@@ -170,9 +167,9 @@ def _search(passes: Callable[[int], bool], limit: int) -> int:
 
 def admission_limit(s: Subject, options: Options) -> int:
     """Real-time sessions the engine admits at its default capacity (opened only, no audio)."""
-    from bench.passthrough import Passthrough
-    from server.engine.engine import Engine, EngineConfig
-    from server.engine.errors import AdmissionError
+    from stemserve.bench.passthrough import Passthrough
+    from stemserve.server.engine.engine import Engine, EngineConfig
+    from stemserve.server.engine.errors import AdmissionError
 
     # The admission estimate is the batch-1 time per item; max_batch 1 keeps the warm-up to that shape.
     engine = Engine(EngineConfig(device=options.device, max_batch=1))
@@ -195,8 +192,7 @@ def admission_limit(s: Subject, options: Options) -> int:
 
 def run(options: Options) -> dict[str, Any]:
     import torch
-
-    from bench.servers import ServerProcess
+    from stemserve.bench.servers import ServerProcess
 
     torch.set_num_threads(options.threads)
     duration = options.duration or (0.5 if options.tiny else 60.0)

@@ -42,7 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.report import Options
+    from stemserve.bench.report import Options
 
     extra: dict[str, float] = {}
     if args.repeats is not None:
@@ -74,8 +74,7 @@ def run(args: argparse.Namespace) -> int:
 def run_item(item: str, options: object) -> int:
     """Run one item; write ``<out>/<item>.json`` (the PNG is written by the item). 0 on success."""
     import torch
-
-    from bench.report import Options, write_json
+    from stemserve.bench.report import Options, write_json
 
     assert isinstance(options, Options)
     module = importlib.import_module(f"bench.{item}")

@@ -14,9 +14,9 @@ import math
 import time
 from typing import Any
 
-from bench.audio import noise_chunks
-from bench.report import Options, PeakMemory, figure, save_figure, table
-from bench.subjects import Subject, subject
+from stemserve.bench.audio import noise_chunks
+from stemserve.bench.report import Options, PeakMemory, figure, save_figure, table
+from stemserve.bench.subjects import Subject, subject
 
 ITEM = "growth"
 COLUMNS = ["model", "length_s", "time_s", "s_per_audio_s", "peak_mib"]
@@ -44,8 +44,8 @@ def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
 
 def measure(name: str, options: Options, lengths: tuple[float, ...]) -> tuple[str, str, list[dict[str, Any]]]:
     """``(weights, stems, rows)``: one Separate per length through a fresh server."""
-    from bench.servers import ServerProcess
-    from plugin_bridge.client import CHUNK_FRAMES, StemClient
+    from stemserve.bench.servers import ServerProcess
+    from stemserve.plugin_bridge.client import CHUNK_FRAMES, StemClient
 
     passthrough = name == PASSTHROUGH
     s = Subject(name) if passthrough else subject(name, options.tiny)

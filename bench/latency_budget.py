@@ -19,8 +19,8 @@ import statistics
 import time
 from typing import Any
 
-from bench.report import Options, figure, goal_text, on_worker_thread, save_figure, summary_ms, table
-from bench.subjects import DEFAULT_MODELS, subject
+from stemserve.bench.report import Options, figure, goal_text, on_worker_thread, save_figure, summary_ms, table
+from stemserve.bench.subjects import DEFAULT_MODELS, subject
 
 ITEM = "latency_budget"
 COLUMNS = [
@@ -47,9 +47,8 @@ TRANSPORT_BLOCK = 512
 
 def model_budget(name: str, options: Options, repeats: int, causal_hop: int | None = None) -> dict[str, Any]:
     import torch
-
-    from server.engine.engine import Engine, EngineConfig, default_plan, make_streamer
-    from server.engine.pool import LoadedModel, resolve_device
+    from stemserve.server.engine.engine import Engine, EngineConfig, default_plan, make_streamer
+    from stemserve.server.engine.pool import LoadedModel, resolve_device
 
     s = subject(name, options.tiny)
     # L does not depend on batching; max_batch 1 keeps the warm-up to one shape.
@@ -108,9 +107,8 @@ def model_budget(name: str, options: Options, repeats: int, causal_hop: int | No
 
 def run(options: Options) -> dict[str, Any]:
     import torch
-
-    from bench.roundtrip import stream_round_trips
-    from bench.servers import ServerProcess
+    from stemserve.bench.roundtrip import stream_round_trips
+    from stemserve.bench.servers import ServerProcess
 
     torch.set_num_threads(options.threads)
     repeats = 3 if options.tiny else int(options.extra.get("repeats", 20))

@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from bench.cli import ITEMS
-from bench.report import table
+from stemserve.bench.cli import ITEMS
+from stemserve.bench.report import table
 
 
 def section(folder: Path, item: str) -> str:

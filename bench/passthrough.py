@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from models.base import Separator
-from models.description import ModelDescription
+from stemserve.models.base import Separator
+from stemserve.models.description import ModelDescription
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from bench.report import Options, figure, goal_text, on_worker_thread, peak_memory, save_figure, table
+from stemserve.bench.report import Options, figure, goal_text, on_worker_thread, peak_memory, save_figure, table
 
 ITEM = "peers"
 COLUMNS = [
@@ -95,7 +95,7 @@ def build_pair(kind: str, tiny: bool, state_path: Path | None = None) -> tuple[A
     torch.manual_seed(0)
     ours: torch.nn.Module
     if kind == "open_unmix":
-        from models.open_unmix import OpenUnmix, OpenUnmixConfig
+        from stemserve.models.open_unmix import OpenUnmix, OpenUnmixConfig
 
         hyper = TINY_UMX if tiny else FULL_UMX
         peer = openunmix_module().OpenUnmix(**hyper, unidirectional=False).eval()
@@ -115,7 +115,7 @@ def build_pair(kind: str, tiny: bool, state_path: Path | None = None) -> tuple[A
             from demucs.demucs import Demucs as PeerDemucs
         except ImportError as err:
             raise PeerMissingError("demucs is not installed (pip install demucs==4.1.0 --no-deps)") from err
-        from models.demucs import Demucs, DemucsConfig
+        from stemserve.models.demucs import Demucs, DemucsConfig
 
         size = TINY_DEMUCS if tiny else FULL_DEMUCS
         peer = PeerDemucs(list(DEMUCS_SOURCES), **size, **DEMUCS_V2_OPTIONS, normalize=False, resample=True).eval()
@@ -133,9 +133,8 @@ def build_pair(kind: str, tiny: bool, state_path: Path | None = None) -> tuple[A
 def make_input(kind: str, tiny: bool, seconds: float) -> Any:
     """The demo clip's first ``seconds``: ``(1, 2, T)`` waveform, or its ``(1, 2, F, K)`` magnitudes."""
     import torch
-
-    from bench.audio import demo
-    from models.stft import magnitude_phase, stft
+    from stemserve.bench.audio import demo
+    from stemserve.models.stft import magnitude_phase, stft
 
     wav = torch.from_numpy(demo(44100, 2, seconds))  # (2, T)
     if kind == "demucs":

@@ -16,8 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-
-from bench.report import Options, figure, goal_text, save_figure, summary_ms, table
+from stemserve.bench.report import Options, figure, goal_text, save_figure, summary_ms, table
 
 ITEM = "roundtrip"
 COLUMNS = ["rate", "block", "block_ms", "p50_ms", "p99_ms", "max_ms", "goal_p99_ms", "verdict"]
@@ -31,9 +30,8 @@ RATES = (44100, 48000)
 def stream_round_trips(address: str, model: str, rate: int, frames: int, count: int, warmup: int = 20) -> list[float]:
     """Seconds per block for ``count`` ping-pong blocks of ``frames`` stereo frames."""
     import grpc
-
-    from protos import stemserve_pb2 as pb
-    from protos import stemserve_pb2_grpc as pb_grpc
+    from stemserve.protos import stemserve_pb2 as pb
+    from stemserve.protos import stemserve_pb2_grpc as pb_grpc
 
     outbox: queue.Queue[Any] = queue.Queue()
 
@@ -67,7 +65,7 @@ def stream_round_trips(address: str, model: str, rate: int, frames: int, count: 
 
 
 def run(options: Options) -> dict[str, Any]:
-    from bench.servers import ServerProcess
+    from stemserve.bench.servers import ServerProcess
 
     count = 20 if options.tiny else int(options.extra.get("blocks", 1000))
     blocks = (64, 512, 4096) if options.tiny else BLOCKS

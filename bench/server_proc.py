@@ -26,11 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
 
     import torch
-
-    from bench.passthrough import Passthrough
-    from bench.subjects import parse_spec
-    from server.embedded import EmbeddedServer
-    from server.engine.engine import Engine, EngineConfig
+    from stemserve.bench.passthrough import Passthrough
+    from stemserve.bench.subjects import parse_spec
+    from stemserve.server.embedded import EmbeddedServer
+    from stemserve.server.engine.engine import Engine, EngineConfig
 
     torch.set_num_threads(args.threads)
     engine = Engine(EngineConfig(device=args.device, **json.loads(args.engine)))

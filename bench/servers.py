@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from bench.subjects import Subject
+from stemserve.bench.subjects import Subject
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,15 @@ class ServerProcess:
         engine: Mapping[str, Any] | None = None,
         timeout: float = 600.0,
     ) -> None:
-        self.command = [sys.executable, "-m", "bench.server_proc", "--threads", str(threads), "--device", device]
+        self.command = [
+            sys.executable,
+            "-m",
+            "stemserve.bench.server_proc",
+            "--threads",
+            str(threads),
+            "--device",
+            device,
+        ]
         for s in subjects:
             self.command += ["--model", s.spec()]
         if passthrough:

@@ -14,9 +14,9 @@ import statistics
 import time
 from typing import Any
 
-from bench.audio import demo
-from bench.report import Options, figure, goal_text, on_worker_thread, save_figure, table
-from bench.subjects import subject
+from stemserve.bench.audio import demo
+from stemserve.bench.report import Options, figure, goal_text, on_worker_thread, save_figure, table
+from stemserve.bench.subjects import subject
 
 ITEM = "serving"
 COLUMNS = ["model", "weights", "audio_s", "direct_s", "served_s", "ratio", "goal_ratio", "verdict"]
@@ -27,10 +27,9 @@ DEFAULT_MODELS = ("conditioned_unet", "conv_tasnet_causal")
 
 def run(options: Options) -> dict[str, Any]:
     import torch
-
-    from bench.servers import ServerProcess
-    from models.apply import separate_signal
-    from plugin_bridge.client import CHUNK_FRAMES, StemClient, iter_chunks
+    from stemserve.bench.servers import ServerProcess
+    from stemserve.models.apply import separate_signal
+    from stemserve.plugin_bridge.client import CHUNK_FRAMES, StemClient, iter_chunks
 
     torch.set_num_threads(options.threads)
     seconds = 1.0 if options.tiny else float(options.extra.get("serving_seconds", 12.0))

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from models.base import Separator
+from stemserve.models.base import Separator
 
 # Tiny configs per preset (CI only): same code paths, a few thousand parameters.
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
@@ -65,15 +65,15 @@ class Subject:
         return self.name
 
     def build(self) -> Separator:
-        from models import registry
-        from models.checkpoint import load_model
+        from stemserve.models import registry
+        from stemserve.models.checkpoint import load_model
 
         model = load_model(self.path) if self.path is not None else registry.build(self.name, self.config)
         return model.eval()
 
 
 def subject(name: str, tiny: bool = False) -> Subject:
-    from server.engine.pool import bundled_models
+    from stemserve.server.engine.pool import bundled_models
 
     if tiny:
         return Subject(name, None, TINY_CONFIGS.get(name))

@@ -45,11 +45,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-
-from models.base import Separator
-from models.description import ModelDescription
-from models.joint import JointStems, joint_stems
-from models.stft import istft, magnitude_phase, stft
+from stemserve.models.base import Separator
+from stemserve.models.description import ModelDescription
+from stemserve.models.joint import JointStems, joint_stems
+from stemserve.models.stft import istft, magnitude_phase, stft
 
 Weighting = Literal["taper", "hard"]
 Progress = Callable[[int, int], None]

@@ -26,9 +26,8 @@ import typing
 from typing import Any, ClassVar, TypeVar
 
 import torch
+from stemserve.models.description import ModelDescription
 from torch import nn
-
-from models.description import ModelDescription
 
 C = TypeVar("C")
 

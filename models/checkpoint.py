@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from models.base import Separator, config_from_dict
-from models.description import ModelDescription
-from models.registry import architecture_class
+from stemserve.models.base import Separator, config_from_dict
+from stemserve.models.description import ModelDescription
+from stemserve.models.registry import architecture_class
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +151,14 @@ def load_model(path: str | Path) -> Separator:
         try:
             return load_checkpoint(path)
         except CheckpointError as ours:
-            from models import official
+            from stemserve.models import official
 
             try:
                 return official.load_official(path)
             except CheckpointError as theirs:
                 raise CheckpointError(f"{ours}; also not an official file: {theirs}") from theirs
     if path.is_dir():
-        from models import official
+        from stemserve.models import official
 
         return official.load_official(path)
     raise CheckpointError(f"{path}: no such file or folder")

@@ -27,8 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.checkpoint import CheckpointError, read_checkpoint, reconfigure, save_checkpoint
-    from models.train import TrainError, parse_overrides
+    from stemserve.models.checkpoint import CheckpointError, read_checkpoint, reconfigure, save_checkpoint
+    from stemserve.models.train import TrainError, parse_overrides
 
     try:
         content = read_checkpoint(args.checkpoint)

@@ -9,11 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from models.blstm import BLSTMTrunk
-from models.deep_clustering import DeepClusteringConfig, EmbeddingHead
-from models.mask_inference import MaskHead, RecurrentSpectrogramModel
-from models.registry import register
+from stemserve.models.blstm import BLSTMTrunk
+from stemserve.models.deep_clustering import DeepClusteringConfig, EmbeddingHead
+from stemserve.models.mask_inference import MaskHead, RecurrentSpectrogramModel
+from stemserve.models.registry import register
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.registry import describe_all
+    from stemserve.models.registry import describe_all
 
     entries = describe_all()
     if args.json:

@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from stemserve.models.blstm import BLSTMTrunk
+from stemserve.models.kmeans import kmeans
+from stemserve.models.mask_inference import RecurrentSpectrogramConfig, RecurrentSpectrogramModel
+from stemserve.models.registry import register
 from torch import nn
-
-from models.blstm import BLSTMTrunk
-from models.kmeans import kmeans
-from models.mask_inference import RecurrentSpectrogramConfig, RecurrentSpectrogramModel
-from models.registry import register
 
 
 @dataclass(frozen=True)

@@ -48,12 +48,11 @@ from typing import IO, Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
+from stemserve.models.base import Separator, check_waveform
+from stemserve.models.checkpoint import CheckpointError
+from stemserve.models.description import ModelDescription
+from stemserve.models.registry import register
 from torch import nn
-
-from models.base import Separator, check_waveform
-from models.checkpoint import CheckpointError
-from models.description import ModelDescription
-from models.registry import register
 
 log = logging.getLogger(__name__)
 

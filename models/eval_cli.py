@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from models.checkpoint import CheckpointError, load_model
-    from models.evaluate import EvaluationError, evaluate, write_figure
+    from stemserve.models.checkpoint import CheckpointError, load_model
+    from stemserve.models.evaluate import EvaluationError, evaluate, write_figure
 
     try:
         model = load_model(args.model)

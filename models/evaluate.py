@@ -48,11 +48,10 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import torch
-
-from models.base import Separator
-from models.data import music, speech
-from models.joint import joint_stems
-from models.stft import istft, stft
+from stemserve.models.base import Separator
+from stemserve.models.data import music, speech
+from stemserve.models.joint import joint_stems
+from stemserve.models.stft import istft, stft
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +265,7 @@ def _adapt(model: Separator, separate: Separate, mixture: np.ndarray, rate: int,
 
 def _default_separate(model: Separator) -> Separate:
     try:
-        from models.apply import separate_signal
+        from stemserve.models.apply import separate_signal
     except ImportError as err:  # pragma: no cover - only while models/apply.py is missing
         raise EvaluationError(f"models.apply.separate_signal is not available: {err}") from err
 

@@ -30,9 +30,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-
-from models.description import ModelDescription
-from models.wiener import SpatialWiener
+from stemserve.models.description import ModelDescription
+from stemserve.models.wiener import SpatialWiener
 
 EPS = 1e-8
 

@@ -11,8 +11,7 @@ import itertools
 from collections.abc import Callable
 
 import torch
-
-from models.joint import normalise_stems
+from stemserve.models.joint import normalise_stems
 
 EPS = 1e-8
 

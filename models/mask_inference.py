@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from stemserve.models.base import Separator
+from stemserve.models.blstm import BLSTMTrunk
+from stemserve.models.description import ModelDescription, window_span
+from stemserve.models.registry import register
 from torch import nn
-
-from models.base import Separator
-from models.blstm import BLSTMTrunk
-from models.description import ModelDescription, window_span
-from models.registry import register
 
 SPEAKERS = ("speaker1", "speaker2")
 

@@ -10,26 +10,26 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from models.base import Separator
-from models.checkpoint import CheckpointError
+from stemserve.models.base import Separator
+from stemserve.models.checkpoint import CheckpointError
 
 
 def load_official(path: str | Path) -> Separator:
     """Load an official Open-Unmix folder / state dict or a Demucs v2 file, in eval mode."""
     path = Path(path)
     errors = []
-    from models import open_unmix
+    from stemserve.models import open_unmix
 
     try:
         return open_unmix.load_official(path).eval()
     except CheckpointError as err:
         errors.append(f"Open-Unmix: {err}")
     try:
-        # import_module, not "from models import demucs": the latter raises a plain
+        # import_module, not "from stemserve.models import demucs": the latter raises a plain
         # ImportError (not ModuleNotFoundError) when models/demucs.py is absent.
-        demucs = importlib.import_module("models.demucs")
+        demucs = importlib.import_module("stemserve.models.demucs")
     except ModuleNotFoundError as err:
-        if err.name != "models.demucs":  # a dependency missing inside it is a real error
+        if err.name != "stemserve.models.demucs":  # a dependency missing inside it is a real error
             raise
         errors.append(f"Demucs: {err}")
     else:

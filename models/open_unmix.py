@@ -37,13 +37,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from stemserve.models.base import Separator
+from stemserve.models.checkpoint import FORMAT as STEMSERVE_FORMAT
+from stemserve.models.checkpoint import CheckpointError
+from stemserve.models.description import ModelDescription, window_span
+from stemserve.models.registry import register
 from torch import nn
-
-from models.base import Separator
-from models.checkpoint import FORMAT as STEMSERVE_FORMAT
-from models.checkpoint import CheckpointError
-from models.description import ModelDescription, window_span
-from models.registry import register
 
 log = logging.getLogger(__name__)
 

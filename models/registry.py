@@ -13,22 +13,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from models.base import Separator, config_from_dict, config_to_dict
+from stemserve.models.base import Separator, config_from_dict, config_to_dict
 
 S = TypeVar("S", bound=type[Separator])
 
 # Modules that register architectures when imported. Kept explicit so that
 # importing the registry never depends on import order elsewhere.
 _ARCHITECTURE_MODULES = (
-    "models.unet",
-    "models.open_unmix",
-    "models.mask_inference",
-    "models.deep_clustering",
-    "models.chimera",
-    "models.tasnet",
-    "models.conv_tasnet",
-    "models.wave_unet",
-    "models.demucs",
+    "stemserve.models.unet",
+    "stemserve.models.open_unmix",
+    "stemserve.models.mask_inference",
+    "stemserve.models.deep_clustering",
+    "stemserve.models.chimera",
+    "stemserve.models.tasnet",
+    "stemserve.models.conv_tasnet",
+    "stemserve.models.wave_unet",
+    "stemserve.models.demucs",
 )
 
 

@@ -25,8 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-
-from models.base import Separator
+from stemserve.models.base import Separator
 
 StreamState = dict[str, torch.Tensor]
 

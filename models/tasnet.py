@@ -22,11 +22,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from stemserve.models.base import Separator, check_waveform
+from stemserve.models.description import ModelDescription
+from stemserve.models.registry import register
 from torch import nn
-
-from models.base import Separator, check_waveform
-from models.description import ModelDescription
-from models.registry import register
 
 _EPS = 1e-8
 

@@ -34,7 +34,7 @@ epoch from ``<out>.train-state.pt``, so a resumed run continues exactly as an
 uninterrupted one would. The best checkpoint (lowest validation loss) is written
 to ``out`` with :func:`models.checkpoint.save_checkpoint`.
 
-Multi-GPU: launch with ``torchrun --nproc_per_node N -m server.cli train ...``;
+Multi-GPU: launch with ``torchrun --nproc_per_node N -m stemserve.server.cli train ...``;
 when ``WORLD_SIZE > 1`` the objective is wrapped in ``DistributedDataParallel``,
 the data sharded with ``DistributedSampler``, and rank 0 validates and saves.
 """
@@ -52,18 +52,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from stemserve.models import losses, registry
+from stemserve.models.base import Separator
+from stemserve.models.checkpoint import load_checkpoint, same_weights, save_checkpoint
+from stemserve.models.data import music
+from stemserve.models.data.augment import AugmentConfig, generator_for
+from stemserve.models.data.datasets import DataError, MusicStems, SpeechMixtures
+from stemserve.models.description import ModelDescription
+from stemserve.models.joint import joint_power
+from stemserve.models.stft import stft
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
-
-from models import losses, registry
-from models.base import Separator
-from models.checkpoint import load_checkpoint, same_weights, save_checkpoint
-from models.data import music
-from models.data.augment import AugmentConfig, generator_for
-from models.data.datasets import DataError, MusicStems, SpeechMixtures
-from models.description import ModelDescription
-from models.joint import joint_power
-from models.stft import stft
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 
     stemserve train --model unet --data data/music --out unet.pt --steps 20000 --batch 16
     stemserve train --model conv_tasnet --data data/speech --out tasnet.pt --config num_repeats=2
-    torchrun --nproc_per_node 4 -m server.cli train --model demucs --data data/music --out demucs.pt
+    torchrun --nproc_per_node 4 -m stemserve.server.cli train --model demucs --data data/music --out demucs.pt
 
 The best checkpoint (lowest validation loss) is written to ``--out``; the state
 to resume from (``--resume``) to ``<out>.train-state.pt``.
@@ -61,7 +61,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from models.train import TrainError, TrainOptions, parse_overrides, train
+    from stemserve.models.train import TrainError, TrainOptions, parse_overrides, train
 
     try:
         options = TrainOptions(

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
+from stemserve.models.base import Separator
+from stemserve.models.description import ModelDescription, window_span
+from stemserve.models.registry import register
 from torch import nn
-
-from models.base import Separator
-from models.description import ModelDescription, window_span
-from models.registry import register
 
 MUSIC_SOURCES = ("vocals", "drums", "bass", "other")
 

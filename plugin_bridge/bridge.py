@@ -39,11 +39,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-
-from plugin_bridge.parameters import Parameters
-from plugin_bridge.ring import InputRing, OutputRing
-from plugin_bridge.stream import LinkSettings, StreamLink
-from plugin_bridge.timeline import NEVER, Counters, LatencyReport, Timeline
+from stemserve.plugin_bridge.parameters import Parameters
+from stemserve.plugin_bridge.ring import InputRing, OutputRing
+from stemserve.plugin_bridge.stream import LinkSettings, StreamLink
+from stemserve.plugin_bridge.timeline import NEVER, Counters, LatencyReport, Timeline
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ import threading
 import time
 from typing import Any
 
-from plugin_bridge.bridge import BridgeSettings
+from stemserve.plugin_bridge.bridge import BridgeSettings
 
 
 def _gain(text: str) -> tuple[str, float]:
@@ -136,10 +136,10 @@ def _jack_available(server_name: str | None) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from plugin_bridge.bridge import Bridge
+    from stemserve.plugin_bridge.bridge import Bridge
 
     if args.list_devices:
-        from plugin_bridge.pyaudio_front import list_devices
+        from stemserve.plugin_bridge.pyaudio_front import list_devices
 
         for info in list_devices():
             print(
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
 
     front: Any
     if front_kind == "jack":
-        from plugin_bridge.jack_front import JackFront
+        from stemserve.plugin_bridge.jack_front import JackFront
 
         try:
             front = JackFront(args.name, args.channels, args.jack_server, follow_transport=not args.no_transport)
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
 
     osc = None
     if args.osc_port is not None:
-        from plugin_bridge.osc import OscListener
+        from stemserve.plugin_bridge.osc import OscListener
 
         osc = OscListener(
             bridge.params,
@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
                 flush=True,
             )
         else:
-            from plugin_bridge.pyaudio_front import PyAudioFront, find_device
+            from stemserve.plugin_bridge.pyaudio_front import PyAudioFront, find_device
 
             front = PyAudioFront(bridge, find_device(args.device, args.host_api), args.buffer)
             front.start()

@@ -2,7 +2,7 @@
 
 Torch-free (numpy, soundfile, grpc) so it lives beside the bridge. Example::
 
-    from plugin_bridge.client import StemClient
+    from stemserve.plugin_bridge.client import StemClient
     with StemClient("127.0.0.1:50051") as client:
         stems = client.separate_array(audio, 44100, model="conditioned_unet", stems=["vocals"])
         # stems["vocals"] has audio's shape (channels, frames)
@@ -19,9 +19,8 @@ from typing import Any
 
 import grpc
 import numpy as np
-
-from protos import stemserve_pb2 as pb
-from protos import stemserve_pb2_grpc as pb_grpc
+from stemserve.protos import stemserve_pb2 as pb
+from stemserve.protos import stemserve_pb2_grpc as pb_grpc
 
 # Must agree with server/app.py: the server refuses pings more often than every 10 s.
 KEEPALIVE_TIME_MS = 20_000

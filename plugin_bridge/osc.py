@@ -43,8 +43,7 @@ from typing import Any, cast
 from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_server import AsyncIOOSCUDPServer
-
-from plugin_bridge.parameters import Parameters
+from stemserve.plugin_bridge.parameters import Parameters
 
 log = logging.getLogger(__name__)
 

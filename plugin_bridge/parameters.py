@@ -26,7 +26,7 @@ import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 
-from protos import stemserve_pb2 as pb
+from stemserve.protos import stemserve_pb2 as pb
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from plugin_bridge.cli import add_session_arguments
+    from stemserve.plugin_bridge.cli import add_session_arguments
 
     parser.add_argument("input", help="audio file to render")
     parser.add_argument("output", help="file to write (format from the extension; float subtype for WAV)")
@@ -58,9 +58,8 @@ def parse_block_sizes(spec: str, seed: int = 0) -> Iterator[int]:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import soundfile as sf
-
-    from plugin_bridge.bridge import Bridge
-    from plugin_bridge.cli import settings_from_args
+    from stemserve.plugin_bridge.bridge import Bridge
+    from stemserve.plugin_bridge.cli import settings_from_args
 
     try:
         sizes = parse_block_sizes(args.block_sizes, args.seed)

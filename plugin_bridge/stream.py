@@ -47,13 +47,12 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
-
-from plugin_bridge import client
-from plugin_bridge.parameters import Parameters
-from plugin_bridge.ring import InputRing, OutputRing
-from plugin_bridge.timeline import NEVER, Counters, Timeline
-from protos import stemserve_pb2 as pb
-from protos import stemserve_pb2_grpc as pb_grpc
+from stemserve.plugin_bridge import client
+from stemserve.plugin_bridge.parameters import Parameters
+from stemserve.plugin_bridge.ring import InputRing, OutputRing
+from stemserve.plugin_bridge.timeline import NEVER, Counters, Timeline
+from stemserve.protos import stemserve_pb2 as pb
+from stemserve.protos import stemserve_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
     python protos/generate.py          # write the generated modules
     python protos/generate.py --check  # exit 1 if the committed ones are stale (CI)
 
-Generated imports are rewritten to be package-relative (``from protos import ...``)
+Generated imports are rewritten to be package-relative (``from stemserve.protos import ...``)
 so the modules work when installed.
 """
 
@@ -33,7 +33,7 @@ def generate(out_dir: Path) -> None:
         raise SystemExit("protoc failed")
     grpc_module = out_dir / "stemserve_pb2_grpc.py"
     text = grpc_module.read_text()
-    grpc_module.write_text(text.replace("import stemserve_pb2 as", "from protos import stemserve_pb2 as"))
+    grpc_module.write_text(text.replace("import stemserve_pb2 as", "from stemserve.protos import stemserve_pb2 as"))
 
 
 def main() -> int:

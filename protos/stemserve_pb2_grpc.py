@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos import stemserve_pb2 as stemserve__pb2
+from stemserve.protos import stemserve_pb2 as stemserve__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

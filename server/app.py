@@ -32,11 +32,10 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
-from protos import stemserve_pb2, stemserve_pb2_grpc
-from server.auth import BearerTokenInterceptor
-from server.engine.engine import Engine
-from server.grpc_service import SeparationServicer
+from stemserve.protos import stemserve_pb2, stemserve_pb2_grpc
+from stemserve.server.auth import BearerTokenInterceptor
+from stemserve.server.engine.engine import Engine
+from stemserve.server.grpc_service import SeparationServicer
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +143,7 @@ class App:
     """The running server: engine, gRPC, optional OSC and metrics. See the module docstring."""
 
     def __init__(self, config: ServerConfig, engine: Engine) -> None:
-        from server.osc_control import OscControl
+        from stemserve.server.osc_control import OscControl
 
         self.config = config
         self.engine = engine
@@ -174,7 +173,7 @@ class App:
         if self._osc is not None:
             self.osc_port = await self._osc.start()
         if self.config.metrics_port is not None:
-            from server.metrics import start_metrics
+            from stemserve.server.metrics import start_metrics
 
             start_metrics(self.engine, self.config.metrics_port, self.config.host, self.extra_stats)
         return self.port

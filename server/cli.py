@@ -17,16 +17,16 @@ from collections.abc import Sequence
 # name -> (module, one-line help). Modules are imported only when listed here
 # and, for their heavy parts, only when run.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "models": ("models.cli", "list the registered architectures and their descriptions"),
-    "data": ("models.data.cli", "render training / evaluation data (music stems, speech mixtures)"),
-    "train": ("models.train_cli", "train an architecture on rendered data"),
-    "eval": ("models.eval_cli", "evaluate a checkpoint: SDR / SI-SDR vs oracle IRM and mixture"),
-    "checkpoint": ("models.checkpoint_cli", "show a checkpoint, or copy it with inference settings changed"),
-    "serve": ("server.serve_cli", "run the gRPC + OSC separation server"),
-    "separate": ("server.separate_cli", "separate a file into stems (via a server, or an embedded one)"),
-    "bridge": ("plugin_bridge.cli", "real-time audio bridge (JACK / PortAudio) for a DAW track"),
-    "bridge-render": ("plugin_bridge.render_cli", "render a file through the bridge as a DAW would"),
-    "bench": ("bench.cli", "run the benchmarks"),
+    "models": ("stemserve.models.cli", "list the registered architectures and their descriptions"),
+    "data": ("stemserve.models.data.cli", "render training / evaluation data (music stems, speech mixtures)"),
+    "train": ("stemserve.models.train_cli", "train an architecture on rendered data"),
+    "eval": ("stemserve.models.eval_cli", "evaluate a checkpoint: SDR / SI-SDR vs oracle IRM and mixture"),
+    "checkpoint": ("stemserve.models.checkpoint_cli", "show a checkpoint, or copy it with inference settings changed"),
+    "serve": ("stemserve.server.serve_cli", "run the gRPC + OSC separation server"),
+    "separate": ("stemserve.server.separate_cli", "separate a file into stems (via a server, or an embedded one)"),
+    "bridge": ("stemserve.plugin_bridge.cli", "real-time audio bridge (JACK / PortAudio) for a DAW track"),
+    "bridge-render": ("stemserve.plugin_bridge.render_cli", "render a file through the bridge as a DAW would"),
+    "bench": ("stemserve.bench.cli", "run the benchmarks"),
 }
 
 

@@ -10,8 +10,8 @@ import asyncio
 import threading
 from collections.abc import Mapping
 
-from server.app import App, ServerConfig
-from server.engine.engine import Engine
+from stemserve.server.app import App, ServerConfig
+from stemserve.server.engine.engine import Engine
 
 
 class EmbeddedServer:

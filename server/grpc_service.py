@@ -35,13 +35,12 @@ from typing import Any, NoReturn
 
 import grpc
 import numpy as np
-
-from protos import stemserve_pb2 as pb
-from protos import stemserve_pb2_grpc as pb_grpc
-from server import pcm
-from server.engine import errors
-from server.engine.engine import Engine, ModelInfo
-from server.engine.session import BlockResult, LatencyParts, LatencyTrim
+from stemserve.protos import stemserve_pb2 as pb
+from stemserve.protos import stemserve_pb2_grpc as pb_grpc
+from stemserve.server import pcm
+from stemserve.server.engine import errors
+from stemserve.server.engine.engine import Engine, ModelInfo
+from stemserve.server.engine.session import BlockResult, LatencyParts, LatencyTrim
 
 log = logging.getLogger(__name__)
 

@@ -42,9 +42,8 @@ from typing import Any, cast
 
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket, ParseError
-
-from server.engine import errors
-from server.engine.engine import Engine
+from stemserve.server.engine import errors
+from stemserve.server.engine.engine import Engine
 
 log = logging.getLogger(__name__)
 

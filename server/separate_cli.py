@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from server.serve_cli import add_engine_arguments
+    from stemserve.server.serve_cli import add_engine_arguments
 
     parser.add_argument("file", type=Path, nargs="?", help="audio file to separate (default: the bundled demo clip)")
     parser.add_argument("--server", default=None, help="host:port of a running server (default: embedded)")
@@ -26,9 +26,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import soundfile as sf
+    from stemserve.plugin_bridge.client import StemClient, StemServeError
     from tqdm import tqdm
-
-    from plugin_bridge.client import StemClient, StemServeError
 
     path: Path = args.file or demo_clip()
     if not path.is_file():
@@ -38,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     embedded = None
     address = args.server
     if address is None:
-        from server.embedded import EmbeddedServer
-        from server.serve_cli import build_engine, default_models, load_untrained, parse_models
+        from stemserve.server.embedded import EmbeddedServer
+        from stemserve.server.serve_cli import build_engine, default_models, load_untrained, parse_models
 
         engine = build_engine(args)
         # Without --model only the default (first bundled) model is loaded: the others

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from server.engine.resample import DEFAULT_QUALITY, QUALITIES
+from stemserve.server.engine.resample import DEFAULT_QUALITY, QUALITIES
 
 if TYPE_CHECKING:
-    from server.engine.engine import Engine
+    from stemserve.server.engine.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def parse_models(specs: list[str]) -> dict[str, str | None]:
 
 def default_models() -> dict[str, str | None]:
     """The bundled weights; without any, one clearly labelled untrained preset (see README)."""
-    from server.engine.pool import bundled_models
+    from stemserve.server.engine.pool import bundled_models
 
     bundled = bundled_models()
     if bundled:
@@ -112,8 +112,7 @@ def build_engine(args: argparse.Namespace) -> Engine:
     """An engine with the CLI's settings; models are loaded by :meth:`App.warm_up`
     (so the server answers health NOT_SERVING while they load)."""
     import torch
-
-    from server.engine.engine import Engine, EngineConfig
+    from stemserve.server.engine.engine import Engine, EngineConfig
 
     if args.threads is not None and args.threads < 1:
         raise ValueError("--threads must be >= 1")
@@ -137,7 +136,7 @@ def load_untrained(engine: Engine, models: dict[str, str | None]) -> dict[str, s
     """Load the untrained placeholder (it is not a registry name) into ``engine``; return the rest."""
     if UNTRAINED_NAME not in models:
         return models
-    from models import registry
+    from stemserve.models import registry
 
     engine.load_model(UNTRAINED_NAME, model=registry.build(UNTRAINED_PRESET), warm_up=False)
     return {k: v for k, v in models.items() if k != UNTRAINED_NAME}
@@ -146,7 +145,7 @@ def load_untrained(engine: Engine, models: dict[str, str | None]) -> dict[str, s
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from server.app import App, ServerConfig, check_exposure
+    from stemserve.server.app import App, ServerConfig, check_exposure
 
     config = ServerConfig(
         host=args.host,

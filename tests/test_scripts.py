@@ -12,10 +12,9 @@ import shlex
 from pathlib import Path
 
 import pytest
-
-from models import registry
-from models.train import parse_overrides
-from server.cli import build_parser, command_in
+from stemserve.models import registry
+from stemserve.models.train import parse_overrides
+from stemserve.server.cli import build_parser, command_in
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["train-bundled", "eval-bundled"]

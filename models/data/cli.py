@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     workers = args.workers or os.cpu_count() or 1
     if args.kind == "music":
-        from models.data import music
+        from stemserve.models.data import music
 
         counts = {
             "train": args.tracks,
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {counts} tracks of {args.seconds:g} s to {args.out}")
         return 0
 
-    from models.data import speech
+    from stemserve.models.data import speech
 
     counts = {
         "tr": args.mixtures,

@@ -27,10 +27,16 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from stemserve.models.data import music, speech
+from stemserve.models.data.augment import (
+    NO_AUGMENT,
+    AugmentConfig,
+    fit_length,
+    generator_for,
+    render_events,
+    sample_events,
+)
 from torch.utils.data import Dataset
-
-from models.data import music, speech
-from models.data.augment import NO_AUGMENT, AugmentConfig, fit_length, generator_for, render_events, sample_events
 
 
 class DataError(ValueError):

@@ -31,8 +31,7 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
-
-from models.data.wavfile import write_wav
+from stemserve.models.data.wavfile import write_wav
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ overlap, scheduler. Plain Python + torch (no grpc, no osc); tests drive it direc
 The public surface is :class:`Engine` and what its methods take and return.
 """
 
-from server.engine.engine import Engine, EngineConfig, ModelInfo
-from server.engine.errors import (
+from stemserve.server.engine.engine import Engine, EngineConfig, ModelInfo
+from stemserve.server.engine.errors import (
     AdmissionError,
     EngineError,
     InvalidAudioError,
@@ -16,7 +16,7 @@ from server.engine.errors import (
     UnknownSessionError,
     UnknownTargetError,
 )
-from server.engine.session import BlockResult, LatencyParts, SessionInfo, SessionParams
+from stemserve.server.engine.session import BlockResult, LatencyParts, SessionInfo, SessionParams
 
 __all__ = [
     "AdmissionError",

@@ -30,13 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-
-from models.apply import OverlapAdd, PermutationTracker, WindowPlan, unordered_sources
-from models.description import ModelDescription
-from models.joint import JointStems, joint_stems
-from models.stft import hann_window, magnitude_phase, num_frames, stft
-from server.engine.pool import LoadedModel
-from server.engine.work import ItemSpec, Stream, Streamer, stem_slots, take_stems
+from stemserve.models.apply import OverlapAdd, PermutationTracker, WindowPlan, unordered_sources
+from stemserve.models.description import ModelDescription
+from stemserve.models.joint import JointStems, joint_stems
+from stemserve.models.stft import hann_window, magnitude_phase, num_frames, stft
+from stemserve.server.engine.pool import LoadedModel
+from stemserve.server.engine.work import ItemSpec, Stream, Streamer, stem_slots, take_stems
 
 log = logging.getLogger(__name__)
 

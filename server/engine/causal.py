@@ -36,10 +36,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from models.apply import CausalPlan
-from models.description import ModelDescription
-from server.engine.work import ItemSpec, SampleBuffer, StateSlot, Stream, Streamer, stem_slots, take_stems
+from stemserve.models.apply import CausalPlan
+from stemserve.models.description import ModelDescription
+from stemserve.server.engine.work import ItemSpec, SampleBuffer, StateSlot, Stream, Streamer, stem_slots, take_stems
 
 # A file job needs no short steps: its cached stream steps about once a second of audio, so the
 # per-step fixed cost (a few ms) stops dominating (a 4 ms step made Separate 40x slower than one pass).

@@ -16,10 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-
-from models.apply import OverlapAdd, PermutationTracker, WindowPlan, unordered_sources
-from models.description import ModelDescription
-from server.engine.work import ItemSpec, SampleBuffer, Stream, Streamer, stem_slots, take_stems
+from stemserve.models.apply import OverlapAdd, PermutationTracker, WindowPlan, unordered_sources
+from stemserve.models.description import ModelDescription
+from stemserve.server.engine.work import ItemSpec, SampleBuffer, Stream, Streamer, stem_slots, take_stems
 
 
 class ChunkStream(Stream):

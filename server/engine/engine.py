@@ -36,8 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from models.apply import (
+from stemserve.models.apply import (
     DEFAULT_CACHED_STEP_CPU_S,
     DEFAULT_CACHED_STEP_S,
     DEFAULT_UNBOUNDED_CONTEXT_S,
@@ -46,12 +45,12 @@ from models.apply import (
     WindowPlan,
     plan_for,
 )
-from models.base import Separator
-from models.description import ModelDescription
-from server.engine.batcher import SpectrogramStreamer, default_batch_sizes
-from server.engine.causal import CausalStreamer
-from server.engine.chunked import ChunkedOverlap
-from server.engine.errors import (
+from stemserve.models.base import Separator
+from stemserve.models.description import ModelDescription
+from stemserve.server.engine.batcher import SpectrogramStreamer, default_batch_sizes
+from stemserve.server.engine.causal import CausalStreamer
+from stemserve.server.engine.chunked import ChunkedOverlap
+from stemserve.server.engine.errors import (
     InvalidAudioError,
     InvalidParameterError,
     NotReadyError,
@@ -59,10 +58,10 @@ from server.engine.errors import (
     UnknownSessionError,
     UnknownTargetError,
 )
-from server.engine.pool import ModelPool
-from server.engine.resample import DEFAULT_QUALITY, FILE_RESAMPLE_QUALITY, MAX_RATE, MIN_RATE
-from server.engine.scheduler import ModelScheduler
-from server.engine.session import (
+from stemserve.server.engine.pool import ModelPool
+from stemserve.server.engine.resample import DEFAULT_QUALITY, FILE_RESAMPLE_QUALITY, MAX_RATE, MIN_RATE
+from stemserve.server.engine.scheduler import ModelScheduler
+from stemserve.server.engine.session import (
     BlockResult,
     LatencyParts,
     LatencyTrim,
@@ -71,8 +70,8 @@ from server.engine.session import (
     SessionInfo,
     SessionParams,
 )
-from server.engine.stats import BlockStats
-from server.engine.work import Streamer
+from stemserve.server.engine.stats import BlockStats
+from stemserve.server.engine.work import Streamer
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ the right thing.
 
 from __future__ import annotations
 
-from models import registry
+from stemserve.models import registry
 
 
 class EngineError(Exception):

@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from models import registry
-from models.base import Separator
-from models.checkpoint import load_model
-from models.description import ModelDescription
-from models.streaming import split_state, stack_states
-from server.engine.errors import UnknownModelError
+from stemserve.models import registry
+from stemserve.models.base import Separator
+from stemserve.models.checkpoint import load_model
+from stemserve.models.description import ModelDescription
+from stemserve.models.streaming import split_state, stack_states
+from stemserve.server.engine.errors import UnknownModelError
 
 log = logging.getLogger(__name__)
 

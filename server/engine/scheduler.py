@@ -37,12 +37,12 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
-from server.engine.batcher import BatchOutcome, WindowBatcher, WorkItem
-from server.engine.errors import AdmissionError, NotReadyError, SessionFailedError
-from server.engine.pool import LoadedModel
-from server.engine.session import Request, Session
-from server.engine.stats import BlockStats
-from server.engine.work import Streamer
+from stemserve.server.engine.batcher import BatchOutcome, WindowBatcher, WorkItem
+from stemserve.server.engine.errors import AdmissionError, NotReadyError, SessionFailedError
+from stemserve.server.engine.pool import LoadedModel
+from stemserve.server.engine.session import Request, Session
+from stemserve.server.engine.stats import BlockStats
+from stemserve.server.engine.work import Streamer
 
 log = logging.getLogger(__name__)
 

@@ -37,11 +37,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-
-from server.engine import channels as channel_rules
-from server.engine.errors import InvalidAudioError, InvalidParameterError, UnknownTargetError
-from server.engine.resample import DEFAULT_QUALITY, StreamResampler
-from server.engine.work import ItemSpec, Streamer
+from stemserve.server.engine import channels as channel_rules
+from stemserve.server.engine.errors import InvalidAudioError, InvalidParameterError, UnknownTargetError
+from stemserve.server.engine.resample import DEFAULT_QUALITY, StreamResampler
+from stemserve.server.engine.work import ItemSpec, Streamer
 
 MAX_GAIN = 16.0
 

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from models.apply import CausalPlan, WindowPlan
-from models.description import ModelDescription
+from stemserve.models.apply import CausalPlan, WindowPlan
+from stemserve.models.description import ModelDescription
 
 
 class StateSlot:

@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from bench.cli import ITEMS
-from server.cli import main
+from stemserve.bench.cli import ITEMS
+from stemserve.server.cli import main
 
 # Each item's rows must carry these fields, with finite non-negative numbers where numeric.
 FIELDS: dict[str, tuple[str, ...]] = {

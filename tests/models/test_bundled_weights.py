@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
-from models.apply import separate_signal
-from models.checkpoint import load_checkpoint
-from models.evaluate import best_permutation, si_sdr
-from server.engine.pool import bundled_models
+from stemserve.models.apply import separate_signal
+from stemserve.models.checkpoint import load_checkpoint
+from stemserve.models.evaluate import best_permutation, si_sdr
+from stemserve.server.engine.pool import bundled_models
 
 ROOT = Path(__file__).resolve().parents[2]
 HELDOUT = ROOT / "tests" / "assets" / "heldout"

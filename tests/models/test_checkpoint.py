@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from models.checkpoint import CheckpointError, load_checkpoint, load_model, read_checkpoint, save_checkpoint
-from models.registry import build
+from stemserve.models.checkpoint import CheckpointError, load_checkpoint, load_model, read_checkpoint, save_checkpoint
+from stemserve.models.registry import build
 
 SMALL = {"n_fft": 256, "hop_length": 64, "bins": 128, "window_frames": 16, "channels": (4, 8, 8, 16, 16, 16)}
 
@@ -71,7 +70,7 @@ def test_load_model_reports_missing_files(tmp_path: Path) -> None:
 def test_the_checkpoint_command_changes_inference_settings_and_keeps_the_weights(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from server.cli import main
+    from stemserve.server.cli import main
 
     model = build("conditioned_unet", {**SMALL, "joint_stems": True}).eval()
     torch.nn.init.normal_(model.film.to_film.weight)
@@ -103,7 +102,7 @@ def test_the_checkpoint_command_changes_inference_settings_and_keeps_the_weights
 def test_the_checkpoint_command_refuses_changes_it_cannot_make(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
 ) -> None:
-    from server.cli import main
+    from stemserve.server.cli import main
 
     source = save_checkpoint(build("conditioned_unet", SMALL), tmp_path / "m.safetensors")
     arguments = [a if not a.endswith(".safetensors") else str(tmp_path / a) for a in arguments]

@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 import torch
-
-from models import losses
-from models.checkpoint import CheckpointError, load_model
-from models.demucs import (
+from stemserve.models import losses
+from stemserve.models.checkpoint import CheckpointError, load_model
+from stemserve.models.demucs import (
     Demucs,
     DemucsConfig,
     PickledGlobal,
@@ -27,7 +26,8 @@ from models.demucs import (
     restricted_torch_load,
     translate_state_dict,
 )
-from models.registry import build
+from stemserve.models.registry import build
+
 from tests.models.waveform_checks import (
     assert_causal,
     assert_checkpoint_round_trip,

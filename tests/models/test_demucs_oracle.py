@@ -20,9 +20,8 @@ import demucs.demucs as package_demucs  # test-only oracle, installed by scripts
 import demucs.states as package_states
 import pytest
 import torch
-
-from models.checkpoint import load_model
-from models.demucs import Demucs, DemucsConfig, load_official
+from stemserve.models.checkpoint import load_model
+from stemserve.models.demucs import Demucs, DemucsConfig, load_official
 
 SOURCES = ["drums", "bass", "other", "vocals"]
 TOLERANCE = 1e-4

@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from models import registry
-from models.checkpoint import save_checkpoint
-from models.data import music
-from models.data.wavfile import write_wav
-from models.evaluate import best_permutation, evaluate, ideal_ratio_mask, score, sdr, si_sdr, write_figure
+from stemserve.models import registry
+from stemserve.models.checkpoint import save_checkpoint
+from stemserve.models.data import music
+from stemserve.models.data.wavfile import write_wav
+from stemserve.models.evaluate import best_permutation, evaluate, ideal_ratio_mask, score, sdr, si_sdr, write_figure
 
 RATE = 16000
 TINY_UNET = {"n_fft": 256, "hop_length": 64, "bins": 128, "window_frames": 16, "channels": [4, 8], "dropout": 0.0}
@@ -161,7 +160,7 @@ def test_silent_stems_are_left_out_of_the_medians(toy_music: Path) -> None:
 
 
 def test_cli_writes_report_and_figure(toy_music: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from server.cli import main
+    from stemserve.server.cli import main
 
     checkpoint = save_checkpoint(registry.build("unet", {**TINY_UNET, "sample_rate": RATE}), tmp_path / "unet.pt")
     out, figure = tmp_path / "report.json", tmp_path / "report.png"
@@ -177,7 +176,7 @@ def test_cli_writes_report_and_figure(toy_music: Path, tmp_path: Path, capsys: p
 
 
 def test_irm_share_places_the_model_between_mixture_and_oracle() -> None:
-    from models.evaluate import irm_share
+    from stemserve.models.evaluate import irm_share
 
     def at(model: float, irm: float, mixture: float) -> dict[str, dict[str, float]]:
         return {"model": {"sdr": model}, "irm": {"sdr": irm}, "mixture": {"sdr": mixture}}

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from models import registry
-from models.apply import separate_signal
-from models.joint import joint_stems, normalise_stems
+from stemserve.models import registry
+from stemserve.models.apply import separate_signal
+from stemserve.models.joint import joint_stems, normalise_stems
 
 TINY = {
     "sample_rate": 16000,

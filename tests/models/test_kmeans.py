@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import torch
-
-from models.kmeans import kmeans
+from stemserve.models.kmeans import kmeans
 
 
 def test_kmeans_recovers_separated_clusters_per_batch_item() -> None:

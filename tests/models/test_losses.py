@@ -6,8 +6,7 @@ import math
 
 import pytest
 import torch
-
-from models import losses
+from stemserve.models import losses
 
 
 def test_mask_inference_l1_is_zero_for_the_perfect_estimate_and_positive_otherwise() -> None:

@@ -13,13 +13,11 @@ from typing import Any, TypeVar
 
 import pytest
 import torch
-from torch import nn
-
-from models import registry
-from models.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from models.description import ModelDescription
-from models.losses import mask_inference_l1
-from models.open_unmix import (
+from stemserve.models import registry
+from stemserve.models.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from stemserve.models.description import ModelDescription
+from stemserve.models.losses import mask_inference_l1
+from stemserve.models.open_unmix import (
     MUSIC_TARGETS,
     OpenUnmix,
     OpenUnmixConfig,
@@ -28,6 +26,7 @@ from models.open_unmix import (
     bandwidth_to_max_bin,
     load_official,
 )
+from torch import nn
 
 M = TypeVar("M", bound=nn.Module)
 

@@ -7,16 +7,15 @@ import subprocess
 import sys
 
 import pytest
-
-from models.description import ModelDescription
-from models.registry import UnknownModelError, build, describe_all
+from stemserve.models.description import ModelDescription
+from stemserve.models.registry import UnknownModelError, build, describe_all
 
 SPECTROGRAM = {"unet", "conditioned_unet", "multi_unet", "open_unmix", "mask_inference", "deep_clustering", "chimera"}
 
 
 def test_stemserve_models_json_lists_every_spectrogram_architecture_with_its_description() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "server.cli", "models", "--json"], check=True, capture_output=True, text=True
+        [sys.executable, "-m", "stemserve.server.cli", "models", "--json"], check=True, capture_output=True, text=True
     ).stdout
     entries = {e["name"]: e for e in json.loads(out)}
     assert set(entries) >= SPECTROGRAM

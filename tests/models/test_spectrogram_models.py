@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from models import losses
-from models.registry import build
+from stemserve.models import losses
+from stemserve.models.registry import build
 
 # Small configs: the contract and shapes do not depend on size.
 SMALL_UNET = {"n_fft": 256, "hop_length": 64, "bins": 128, "window_frames": 16, "channels": (4, 8, 8, 16, 16, 16)}

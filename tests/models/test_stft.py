@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import torch
-
-from models import stft
+from stemserve.models import stft
 
 
 def test_frames_cover_n_fft_samples_every_hop_without_centring() -> None:

@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 import torch
-
-from models import registry
-from models.streaming import split_state, stack_states, stream_signal
+from stemserve.models import registry
+from stemserve.models.streaming import split_state, stack_states, stream_signal
 
 TINY_CONV_TASNET = {"N": 16, "L": 8, "B": 8, "H": 16, "X": 3, "R": 2, "Sc": 8, "audio_channels": 2}
 CACHED: dict[str, dict[str, Any]] = {

@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 import torch
-
-from models import registry
-from models.checkpoint import load_checkpoint, read_checkpoint
-from models.train import (
+from stemserve.models import registry
+from stemserve.models.checkpoint import load_checkpoint, read_checkpoint
+from stemserve.models.train import (
     TrainError,
     TrainingObjective,
     TrainOptions,
@@ -26,6 +25,7 @@ from models.train import (
     state_path,
     train,
 )
+
 from tests.models.data.tiny import render_music, render_speech
 
 TINY_UNET = {
@@ -218,7 +218,7 @@ def test_music_data_for_a_speech_model_is_refused(data: dict[str, Path], tmp_pat
 
 
 def test_cli_trains_and_reports(data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from server.cli import main
+    from stemserve.server.cli import main
 
     out = tmp_path / "cli.pt"
     args = ["train", "--model", "unet", "--data", str(data["music"]), "--out", str(out), "--steps", "2",
@@ -262,7 +262,7 @@ def test_torchrun_ddp_on_two_cpu_processes(data: dict[str, Path], tmp_path: Path
     out = tmp_path / "ddp.pt"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "server.cli", "train", "--model", "unet", "--data", str(data["music"]), "--out", str(out),
+        "-m", "stemserve.server.cli", "train", "--model", "unet", "--data", str(data["music"]), "--out", str(out),
         "--steps", "4", "--batch", "2", "--valid-every", "2", "--threads", "1", "--valid-items", "2",
         "--device", "cpu", "--no-progress",
     ]  # fmt: skip
@@ -277,7 +277,7 @@ def test_torchrun_ddp_on_two_cpu_processes(data: dict[str, Path], tmp_path: Path
 
 
 def test_conditioned_targets_are_mostly_drawn_among_audible_stems() -> None:
-    from models.train import AUDIBLE_TARGET_SHARE, draw_targets
+    from stemserve.models.train import AUDIBLE_TARGET_SHARE, draw_targets
 
     model = registry.build("conditioned_unet", {**TINY_UNET, "film_hidden": 8})
     d = model.describe()

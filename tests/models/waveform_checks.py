@@ -10,9 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-
-from models.base import Separator
-from models.checkpoint import load_checkpoint, save_checkpoint
+from stemserve.models.base import Separator
+from stemserve.models.checkpoint import load_checkpoint, save_checkpoint
 
 CHANGED = 1e-11  # an output difference above this counts as a dependency (float64)
 

@@ -14,10 +14,9 @@ from concurrent import futures
 
 import grpc
 import numpy as np
-
-from plugin_bridge.client import decode, encode
-from protos import stemserve_pb2 as pb
-from protos import stemserve_pb2_grpc as pb_grpc
+from stemserve.plugin_bridge.client import decode, encode
+from stemserve.protos import stemserve_pb2 as pb
+from stemserve.protos import stemserve_pb2_grpc as pb_grpc
 
 
 class FakeSeparation(pb_grpc.SeparationServicer):

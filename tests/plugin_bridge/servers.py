@@ -21,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from server.engine import Engine, EngineConfig
+from stemserve.server.engine import Engine, EngineConfig
+
 from tests.server.engine.tiny_models import TinyCausalConfig, TinyCausalNet, TinySpecConfig, TinySpecNet
 
 RATE = 48000
@@ -69,7 +70,7 @@ def start_process(port: int, log_path: Path) -> subprocess.Popen[bytes]:
 
 
 def main() -> None:
-    from server.app import App, ServerConfig
+    from stemserve.server.app import App, ServerConfig
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)

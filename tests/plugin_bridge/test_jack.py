@@ -74,7 +74,7 @@ def test_jack_bridge_impulse_latency_equals_reported_latency(tmp_path) -> None:
             [
                 sys.executable,
                 "-m",
-                "server.cli",
+                "stemserve.server.cli",
                 "-v",
                 "bridge",
                 "--front",
@@ -114,7 +114,7 @@ def test_jack_bridge_impulse_latency_equals_reported_latency(tmp_path) -> None:
         player.connect(rig.play_port, "stembridge:in_1")
         player.connect(rig.play_port, "stembridge:in_2")
         recorder.connect("stembridge:out_1", rig.rec_port)
-        from plugin_bridge.jack_front import CAPTURE_LATENCY, port_latency
+        from stemserve.plugin_bridge.jack_front import CAPTURE_LATENCY, port_latency
 
         published = port_latency(recorder.get_port_by_name("stembridge:out_1"), CAPTURE_LATENCY)
         wait_for(lambda: len(rig.impulses) >= SECONDS, SECONDS + 20, "impulses played")
@@ -180,8 +180,8 @@ def test_jack_bridge_impulse_latency_equals_reported_latency(tmp_path) -> None:
 def test_jack_transport_stop_and_relocation_reset_the_session(tmp_path, server_address: str) -> None:  # type: ignore[no-untyped-def]
     """The JACK front follows JACK transport as a DAW drives it: rolling on is not a reset; a jump
     while rolling, a stop, and a locate while stopped each reset the session (latency unchanged)."""
-    from plugin_bridge.bridge import Bridge, BridgeSettings
-    from plugin_bridge.jack_front import JackFront
+    from stemserve.plugin_bridge.bridge import Bridge, BridgeSettings
+    from stemserve.plugin_bridge.jack_front import JackFront
 
     server_name = f"stemserve-test-{uuid.uuid4().hex[:8]}"
     env = dict(os.environ, JACK_NO_AUDIO_RESERVATION="1")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 
 import pytest
-
-from plugin_bridge.parameters import Parameters
-from protos import stemserve_pb2 as pb
+from stemserve.plugin_bridge.parameters import Parameters
+from stemserve.protos import stemserve_pb2 as pb
 
 
 @pytest.fixture
@@ -60,7 +59,7 @@ def test_mix_and_gains_map_linearly_and_are_forwarded(params: Parameters) -> Non
 def test_bad_values_are_logged_and_ignored(params: Parameters, caplog: pytest.LogCaptureFixture, call, message) -> None:
     seen = changes(params)
     before = (params.target, params.mix, params.gains)
-    with caplog.at_level(logging.WARNING, logger="plugin_bridge.parameters"):
+    with caplog.at_level(logging.WARNING, logger="stemserve.plugin_bridge.parameters"):
         assert call(params) is False
     assert message in caplog.text
     assert (params.target, params.mix, params.gains) == before

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
+from stemserve.plugin_bridge.bridge import Bridge, BridgeSettings
+from stemserve.plugin_bridge.client import StemClient
 
-from plugin_bridge.bridge import Bridge, BridgeSettings
-from plugin_bridge.client import StemClient
 from tests.plugin_bridge.servers import CHANNELS, RATE
 
 TOLERANCE = 1e-4
@@ -63,7 +63,7 @@ def test_offline_render_equals_offline_separation_shifted_by_latency(
 
 
 def test_render_cli_writes_the_stem_aligned_with_the_input(server_address: str, tmp_path) -> None:
-    from server.cli import main
+    from stemserve.server.cli import main
 
     rng = np.random.default_rng(3)
     audio = (0.3 * rng.standard_normal((CHANNELS, RATE))).astype(np.float32)

@@ -18,15 +18,14 @@ import grpc
 import numpy as np
 import pytest
 import torch
-
-from models import registry
-from models.apply import separate_signal
-from models.checkpoint import load_model, save_checkpoint
-from protos import stemserve_pb2 as pb
-from protos import stemserve_pb2_grpc as pb_grpc
-from server.app import ServerConfig
-from server.embedded import EmbeddedServer
-from server.engine import Engine, EngineConfig
+from stemserve.models import registry
+from stemserve.models.apply import separate_signal
+from stemserve.models.checkpoint import load_model, save_checkpoint
+from stemserve.protos import stemserve_pb2 as pb
+from stemserve.protos import stemserve_pb2_grpc as pb_grpc
+from stemserve.server.app import ServerConfig
+from stemserve.server.embedded import EmbeddedServer
+from stemserve.server.engine import Engine, EngineConfig
 
 # The same tiny U-Net config the engine's preset tests use: mono, 16 kHz.
 TINY_UNET: dict[str, Any] = {

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from stemserve.plugin_bridge.client import StemClient, StemServeError
+from stemserve.protos import stemserve_pb2 as pb
+from stemserve.protos import stemserve_pb2_grpc as pb_grpc
+from stemserve.server.embedded import EmbeddedServer
+from stemserve.server.engine.pool import bundled_models
 
-from plugin_bridge.client import StemClient, StemServeError
-from protos import stemserve_pb2 as pb
-from protos import stemserve_pb2_grpc as pb_grpc
-from server.embedded import EmbeddedServer
-from server.engine.pool import bundled_models
 from tests.server.conftest import RATE, TOLERANCE, noise, offline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,7 +69,7 @@ def test_client_errors_carry_the_status(server: EmbeddedServer) -> None:
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "stemserve.server.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -134,7 +134,7 @@ def test_serve_with_no_arguments_starts_and_answers_list_models() -> None:
     args = [] if free(50051) else ["--port", "0"]
     env = {**os.environ, "STEMSERVE_TOKEN": ""}
     process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", *args],
+        [sys.executable, "-m", "stemserve.server.cli", "serve", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -173,7 +173,7 @@ def test_serve_with_no_arguments_starts_and_answers_list_models() -> None:
 def test_serve_cli_passes_engine_settings_through() -> None:
     import argparse
 
-    from server import serve_cli
+    from stemserve.server import serve_cli
 
     parser = argparse.ArgumentParser()
     serve_cli.configure(parser)
@@ -192,7 +192,7 @@ def test_serve_cli_passes_engine_settings_through() -> None:
 def test_serve_leaves_a_core_to_the_transport_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     import argparse
 
-    from server import serve_cli
+    from stemserve.server import serve_cli
 
     parser = argparse.ArgumentParser()
     serve_cli.configure(parser)

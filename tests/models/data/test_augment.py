@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from models.data.augment import (
+from stemserve.models.data.augment import (
     NO_AUGMENT,
     AugmentConfig,
     augment_stems,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models.data import music, speech
+from stemserve.models.data import music, speech
 
 MUSIC_COUNTS = {"train": 2, "valid": 1, "test": 1}
 SPEECH_COUNTS = {"tr": 2, "cv": 1, "tt": 1}

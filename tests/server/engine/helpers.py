@@ -7,8 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 import torch
-
-from server.engine import BlockResult, Engine, EngineConfig
+from stemserve.server.engine import BlockResult, Engine, EngineConfig
 
 DEVICES = [
     "cpu",

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from models import registry
-from models.apply import (
+from stemserve.models import registry
+from stemserve.models.apply import (
     OverlapAdd,
     WindowPlan,
     causal_plan,
@@ -16,6 +15,7 @@ from models.apply import (
     unordered_sources,
     window_plan,
 )
+
 from tests.server.engine.tiny_models import (
     TinyCausalConfig,
     TinyCausalNet,

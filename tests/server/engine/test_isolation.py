@@ -7,9 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from models.apply import separate_signal
-from server.engine import (
+from stemserve.models.apply import separate_signal
+from stemserve.server.engine import (
     AdmissionError,
     InvalidAudioError,
     NotReadyError,
@@ -18,7 +17,8 @@ from server.engine import (
     UnknownSessionError,
     UnknownTargetError,
 )
-from server.engine.errors import status_name
+from stemserve.server.engine.errors import status_name
+
 from tests.server.engine.helpers import TIMEOUT, block_sizes, joined, make_engine, stream
 from tests.server.engine.tiny_models import Fragile, TinySpecNet
 

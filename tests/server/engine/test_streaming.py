@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from stemserve.models import registry
+from stemserve.models.apply import separate_signal
+from stemserve.models.base import Separator
+from stemserve.models.joint import joint_stems
 
-from models import registry
-from models.apply import separate_signal
-from models.base import Separator
-from models.joint import joint_stems
 from tests.server.engine.helpers import DEVICES, TIMEOUT, block_sizes, joined, make_engine, stream
 from tests.server.engine.tiny_models import (
     TinyCausalConfig,
@@ -207,7 +207,7 @@ def test_cached_models_stay_exact_far_beyond_any_context_cap(preset: str, config
 
 
 def test_cached_plan_steps_every_4_ms_at_a_latency_of_step_plus_delay() -> None:
-    from models.apply import plan_for
+    from stemserve.models.apply import plan_for
 
     model = registry.build("conv_tasnet_causal", {**TINY_CONV_TASNET, "L": 16, "causal": True})
     plan = plan_for(model.describe())  # 8 kHz, stride 8, stream delay 8

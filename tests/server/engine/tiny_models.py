@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from stemserve.models.base import Separator
+from stemserve.models.description import ModelDescription, window_span
 from torch import nn
-
-from models.base import Separator
-from models.description import ModelDescription, window_span
 
 
 @dataclass(frozen=True)
