@@ -1,0 +1,135 @@
+"""The LV2 plugin and the real hosts that load it, for the tests in ``test_lv2*.py``.
+
+* :func:`build_bundle`: configures and builds ``plugin_bridge/lv2`` with CMake into
+  ``build/lv2`` (incremental: a no-op when nothing changed; about a minute from scratch on
+  two cores) and returns the folder to put on ``LV2_PATH``. The tests build it themselves,
+  once per session (the ``lv2_path`` fixture), so ``.ci/run`` needs no extra step.
+* :func:`run_lv2file`: renders a WAV through the plugin with Debian's ``lv2file``.
+* :func:`reported_latency`: the latency the plugin logged when its session opened.
+* :func:`start_jackd` / :func:`stop`: a ``jackd -d dummy`` and process shutdown by id.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from tests.plugin_bridge.servers import ROOT
+
+STEREO = "urn:stemserve:lv2:stereo"
+MONO = "urn:stemserve:lv2:mono"
+SOURCE = ROOT / "plugin_bridge" / "lv2"
+BUILD = ROOT / "build" / "lv2"
+HOST_TOOLS = ("cmake", "g++", "protoc", "grpc_cpp_plugin", "lv2file", "jalv", "jackd")
+
+
+def missing_tools() -> list[str]:
+    return [tool for tool in HOST_TOOLS if shutil.which(tool) is None]
+
+
+def build_bundle(build: Path = BUILD) -> Path:
+    """Build the bundle; returns the folder holding ``stemserve.lv2`` (for ``LV2_PATH``)."""
+    jobs = str(max(1, min(2, os.cpu_count() or 1)))
+    for command in (
+        ["cmake", "-S", str(SOURCE), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"],
+        ["cmake", "--build", str(build), "-j", jobs],
+    ):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    bundles = build / "bundles"
+    if not (bundles / "stemserve.lv2" / "stemserve.so").is_file():
+        raise RuntimeError(f"the build left no bundle in {bundles}")
+    return bundles
+
+
+def plugin_env(lv2_path: Path, address: str, model: str, **extra: str) -> dict[str, str]:
+    """Environment for a host process: the bundle on LV2_PATH, the plugin's state overridden."""
+    env = dict(os.environ, LV2_PATH=str(lv2_path), STEMSERVE_LV2_SERVER=address, STEMSERVE_LV2_MODEL=model)
+    env.update(extra)
+    return env
+
+
+LATENCY_LINE = re.compile(r"LATENCY (\d+) frames")
+
+
+def reported_latency(log: str) -> int:
+    """The plugin's fixed latency, as it logged it (once per instance)."""
+    found = LATENCY_LINE.findall(log)
+    if not found:
+        raise AssertionError(f"the plugin logged no latency:\n{log[-3000:]}")
+    if len(set(found)) != 1:
+        raise AssertionError(f"the plugin's latency changed: {found}")
+    return int(found[0])
+
+
+def run_lv2file(
+    lv2_path: Path,
+    address: str,
+    model: str,
+    audio: np.ndarray,
+    rate: int,
+    workdir: Path,
+    block: int,
+    controls: dict[str, float],
+    plugin: str = STEREO,
+) -> tuple[np.ndarray, str]:
+    """Render ``audio (channels, frames)`` through the plugin; returns ``(output (channels, frames), log)``."""
+    source, rendered = workdir / f"in-{block}.wav", workdir / f"out-{block}.wav"
+    sf.write(source, audio.T, rate, subtype="FLOAT")
+    command = ["lv2file", "-i", str(source), "-o", str(rendered), "-b", str(block), "--ignore-clipping"]
+    for symbol, value in controls.items():
+        command += ["-p", f"{symbol}:{value}"]
+    done = subprocess.run(
+        [*command, plugin], env=plugin_env(lv2_path, address, model), capture_output=True, text=True, timeout=120
+    )
+    log = done.stdout + done.stderr
+    if done.returncode != 0:
+        raise AssertionError(f"lv2file failed ({done.returncode}):\n{log[-3000:]}")
+    out, out_rate = sf.read(rendered, dtype="float32", always_2d=True)
+    assert out_rate == rate
+    return out.T.copy(), log
+
+
+def start_jackd(workdir: Path, rate: int, period: int) -> tuple[subprocess.Popen[bytes], str]:
+    """A ``jackd -d dummy`` server with a unique name; returns once clients can connect."""
+    name = f"stemserve-lv2-{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ, JACK_NO_AUDIO_RESERVATION="1")
+    with open(workdir / "jackd.log", "wb") as log:
+        jackd = subprocess.Popen(
+            ["jackd", "-n", name, "-d", "dummy", "-r", str(rate), "-p", str(period)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        probe = subprocess.run(["jack_lsp", "-s", name], capture_output=True, text=True, timeout=10, env=env)
+        if probe.returncode == 0 and "system" in probe.stdout:
+            return jackd, name
+        if jackd.poll() is not None:
+            break
+        time.sleep(0.2)
+    stop(jackd)
+    raise RuntimeError(f"jackd did not start: {(workdir / 'jackd.log').read_text(errors='replace')[-2000:]}")
+
+
+def stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+    """Stop one process we started, by its id; SIGKILL if it does not exit in time."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
