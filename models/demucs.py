@@ -40,7 +40,8 @@ import fractions
 import logging
 import math
 import pickle
-from collections.abc import Mapping
+import random
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -426,6 +427,19 @@ class Demucs(Separator):
         """Same as :meth:`forward`; ``target`` is unused (all sources are returned)."""
         return self(x)
 
+    def separate_offline(self, mix: torch.Tensor, options: FileOptions | None = None) -> torch.Tensor:
+        """A whole file as the ``demucs`` package's ``apply_model`` separates it (see :func:`apply_segments`).
+
+        ``(channels, samples) -> (sources, channels, samples)``; ``segment`` defaults to the model's.
+        """
+        if self.config.causal:
+            raise ValueError("the causal Demucs streams; separate_offline is the non-causal file path")
+        check_waveform(mix.unsqueeze(0), self.config.audio_channels)
+        with torch.no_grad():
+            return apply_segments(
+                self, mix, self.valid_length, self.config.samplerate, self.config.segment, options or FileOptions()
+            )
+
     def describe(self) -> ModelDescription:
         c = self.config
         if c.causal:
@@ -451,6 +465,135 @@ class Demucs(Separator):
             segment=segment,
             extras={"recurrent": c.lstm_layers > 0, "resample": c.resample, "normalize": c.normalize},
         )
+
+
+# ----------------------------------------------------------------------------- file separation
+
+
+@dataclass(frozen=True)
+class FileOptions:
+    """How a whole file is cut for a Demucs model, with the ``demucs`` package's defaults.
+
+    Attributes:
+        shifts: passes, each on the file delayed by a random 0..0.5 s (zeros before it),
+            averaged once the delay is undone; 0: one pass, no delay.
+        split: run segments of ``segment`` seconds cross-faded with triangular weights,
+            instead of the whole file at once.
+        overlap: fraction of a segment shared with the next one.
+        transition_power: exponent of the triangular weights (>= 1).
+        segment: seconds per segment; None: the model's own.
+        seed: seeds the delays' draws (``random.Random(seed).randint(0, max_shift)`` per
+            pass, the draw the package makes from Python's global ``random``), so a
+            file separates the same every time.
+    """
+
+    shifts: int = 1
+    split: bool = True
+    overlap: float = 0.25
+    transition_power: float = 1.0
+    segment: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.shifts < 0:
+            raise ValueError(f"shifts must be >= 0, got {self.shifts}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.transition_power < 1.0:
+            raise ValueError(f"transition_power must be >= 1, got {self.transition_power}")
+        if self.segment is not None and self.segment <= 0:
+            raise ValueError(f"segment must be positive, got {self.segment}")
+
+
+class SignalSpan:
+    """``length`` samples from ``offset`` of a longer ``(channels, samples)`` signal.
+
+    :meth:`padded` widens the span symmetrically by reading the signal's own
+    neighbouring samples, zeros only beyond the signal's ends: a segment's
+    context is real audio, as in the package.
+    """
+
+    def __init__(self, signal: torch.Tensor | SignalSpan, offset: int = 0, length: int | None = None) -> None:
+        available = signal.length if isinstance(signal, SignalSpan) else signal.shape[-1]
+        if not 0 <= offset < available:
+            raise ValueError(f"offset {offset} outside a span of {available} samples")
+        self.length = available - offset if length is None else min(available - offset, length)
+        if isinstance(signal, SignalSpan):
+            self.signal, self.offset = signal.signal, signal.offset + offset
+        else:
+            self.signal, self.offset = signal, offset
+
+    def padded(self, length: int) -> torch.Tensor:
+        """``(channels, length)``: the span centred, ``(length - self.length) // 2`` samples of context on the left."""
+        delta = length - self.length
+        if delta < 0:
+            raise ValueError(f"cannot pad {self.length} samples to {length}")
+        start = self.offset - delta // 2
+        end = start + length
+        total = self.signal.shape[-1]
+        inside = self.signal[..., max(0, start) : min(total, end)]
+        return F.pad(inside, (max(0, start) - start, end - min(total, end)))
+
+
+def apply_segments(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    mix: torch.Tensor,
+    valid_length: Callable[[int], int],
+    samplerate: int,
+    segment: float,
+    options: FileOptions,
+) -> torch.Tensor:
+    """Separate a whole ``(channels, samples)`` signal in the package's ``apply_model`` way.
+
+    ``model`` maps ``(1, channels, n)`` to ``(1, sources, channels, m)`` for
+    ``n = valid_length(len)`` (its output centre-cropped to ``len``). With
+    ``shifts``, each pass delays the file by ``d`` (0..0.5 s, zero-padded) and
+    its output is read ``d`` later; with ``split``, segments start every
+    ``(1 - overlap) * segment`` seconds and are weighted by a triangle
+    (``1..n/2`` up, ``n - n/2..1`` down, over its peak, to ``transition_power``),
+    each padded with its neighbours' samples to the model's valid length.
+
+    Returns:
+        ``(sources, channels, samples)``.
+    """
+    rng = random.Random(options.seed)
+
+    def run(span: SignalSpan, shifts: int, split: bool) -> torch.Tensor:
+        length = span.length
+        if shifts:
+            max_shift = int(0.5 * samplerate)
+            delayed = span.padded(length + 2 * max_shift)  # (C, length + 2 max_shift)
+            total: torch.Tensor | None = None
+            for _ in range(shifts):
+                offset = rng.randint(0, max_shift)
+                out = run(SignalSpan(delayed, offset, length + max_shift - offset), 0, split)
+                out = out[..., max_shift - offset :]  # (S, C, length)
+                total = out if total is None else total + out
+            assert total is not None
+            return total / shifts
+        if split:
+            seconds = options.segment if options.segment is not None else segment
+            size = int(samplerate * seconds)
+            stride = int((1 - options.overlap) * size)
+            if stride < 1:
+                raise ValueError(f"segment {seconds} s with overlap {options.overlap} leaves no hop")
+            ramp = torch.cat([torch.arange(1, size // 2 + 1), torch.arange(size - size // 2, 0, -1)])
+            weight = (ramp / ramp.max()) ** options.transition_power  # (size,)
+            acc: torch.Tensor | None = None
+            weights = torch.zeros(length)
+            for offset in range(0, length, stride):
+                piece = run(SignalSpan(span, offset, size), 0, False)  # (S, C, n)
+                n = piece.shape[-1]
+                if acc is None:
+                    acc = torch.zeros(*piece.shape[:-1], length, dtype=piece.dtype)
+                acc[..., offset : offset + n] += weight[:n].to(piece.dtype) * piece
+                weights[offset : offset + n] += weight[:n]
+            assert acc is not None
+            return acc / weights.to(acc.dtype)
+        padded = span.padded(valid_length(length))  # (C, valid)
+        return center_crop(model(padded.unsqueeze(0))[0], length)  # (S, C, length)
+
+    return run(SignalSpan(mix), options.shifts, options.split)
 
 
 def causal_reach(config: DemucsConfig) -> tuple[int | None, int]:

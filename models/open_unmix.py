@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -295,6 +297,10 @@ class OpenUnmix(Separator):
         estimate, new_state = self._estimate(x, state)
         return estimate.unsqueeze(1), new_state
 
+    def separate_offline(self, mix: torch.Tensor, options: FileOptions | None = None) -> torch.Tensor:
+        """A whole file, as ``openunmix.Separator``: ``(C, samples) -> (1 [+ residual], C, samples)``."""
+        return separate_offline([self], mix, options or FileOptions())
+
     def describe(self) -> ModelDescription:
         return _describe(self.architecture, (self.config.target,), self.config)
 
@@ -340,8 +346,162 @@ class OpenUnmixStems(Separator):
             outputs.append(out)
         return torch.cat(outputs, dim=1), new_state
 
+    def separate_offline(self, mix: torch.Tensor, options: FileOptions | None = None) -> torch.Tensor:
+        """A whole file, as ``openunmix.Separator``: ``(C, samples) -> (S [+ residual], C, samples)``."""
+        models = [self.target_models[name] for name in self.config.targets]
+        return separate_offline(models, mix, options or FileOptions())  # type: ignore[arg-type]
+
     def describe(self) -> ModelDescription:
         return _describe(self.architecture, self.config.targets, self.config)
+
+
+# --------------------------------------------------------------------------------------
+# File separation: the package's whole-signal path
+
+
+@dataclass(frozen=True)
+class FileOptions:
+    """How :func:`separate_offline` filters, with the defaults of ``openunmix.Separator``.
+
+    Attributes:
+        niter: expectation-maximisation steps of the multichannel Wiener post-filter
+            (0: the estimated magnitudes with the mixture's phase).
+        residual: add a ``residual`` source, the mixture minus the other estimates,
+            before the post-filter.
+        softmask: start from ratio masks of the estimates instead of their magnitudes.
+        wiener_win_len: frames filtered together (each excerpt has its own spatial
+            covariances); None: the whole file at once.
+    """
+
+    niter: int = 0
+    residual: bool = False
+    softmask: bool = False
+    wiener_win_len: int | None = 300
+
+    def __post_init__(self) -> None:
+        if self.niter < 0:
+            raise ValueError(f"niter must be >= 0, got {self.niter}")
+        if self.wiener_win_len is not None and self.wiener_win_len < 1:
+            raise ValueError(f"wiener_win_len must be >= 1 or None, got {self.wiener_win_len}")
+
+
+def _invert_2x2(m: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``(..., 2, 2)`` complex matrices by the adjugate (what the package does, in closed form)."""
+    a, b, c, d = m[..., 0, 0], m[..., 0, 1], m[..., 1, 0], m[..., 1, 1]
+    inv_det = 1.0 / (a * d - b * c)
+    return torch.stack([torch.stack([d, -b], -1), torch.stack([-c, a], -1)], -2) * inv_det[..., None, None]
+
+
+def expectation_maximization(y: torch.Tensor, x: torch.Tensor, iterations: int, eps: float = 1e-10) -> torch.Tensor:
+    """Refine source STFTs with the simplified multichannel Wiener EM of Open-Unmix's post-filter.
+
+    Each step estimates per source ``j`` a power spectral density ``v_j`` (frames x bins,
+    mean over channels of ``|y_j|^2``) and a spatial covariance ``R_j`` per bin (the
+    ``v``-weighted average of ``y_j y_j^H`` over frames), then sets
+    ``y_j = v_j R_j (sum_k v_k R_k + sqrt(eps) I)^{-1} x``.
+
+    Args:
+        y: ``(frames, bins, channels, sources)`` complex initial estimates.
+        x: ``(frames, bins, channels)`` complex mixture STFT.
+    Returns:
+        ``(frames, bins, channels, sources)`` complex refined estimates.
+    """
+    channels = x.shape[-1]
+    if channels > 2:
+        raise ValueError(f"the Wiener post-filter handles 1 or 2 channels, got {channels}")
+    eye = torch.eye(channels, dtype=x.dtype, device=x.device)
+    regularization = math.sqrt(eps) * eye  # (C, C)
+    for _ in range(iterations):
+        v = (y.real**2 + y.imag**2).mean(dim=2)  # (T, F, S)
+        outer = y.unsqueeze(3) * y.conj().unsqueeze(2)  # (T, F, C, C, S): y_j y_j^H
+        r = outer.sum(dim=0) / (eps + v.sum(dim=0))[:, None, None, :]  # (F, C, C, S)
+        cxx = regularization + torch.einsum("tfs,fabs->tfab", v.to(x.dtype), r)  # (T, F, C, C)
+        inv = 1.0 / cxx if channels == 1 else _invert_2x2(cxx)  # (T, F, C, C)
+        gain = torch.einsum("fabs,tfbc->tfacs", r, inv) * v[:, :, None, None, :]  # (T, F, C, C, S)
+        y = torch.einsum("tfacs,tfc->tfas", gain, x)  # (T, F, C, S)
+    return y
+
+
+def wiener(
+    spectrograms: torch.Tensor,
+    mix: torch.Tensor,
+    options: FileOptions,
+    scale_factor: float = 10.0,
+    eps: float = 1e-10,
+) -> torch.Tensor:
+    """Source STFTs from estimated magnitudes, as the package's ``filtering.wiener``.
+
+    Args:
+        spectrograms: ``(frames, bins, channels, sources)`` non-negative magnitudes.
+        mix: ``(frames, bins, channels)`` complex mixture STFT.
+    Returns:
+        ``(frames, bins, channels, sources [+ 1 residual])`` complex estimates.
+    """
+    if options.softmask:
+        share = spectrograms / (eps + spectrograms.sum(dim=-1, keepdim=True))
+        y = mix.unsqueeze(-1) * share.to(mix.dtype)
+    else:
+        y = torch.polar(spectrograms, torch.angle(mix).unsqueeze(-1).expand_as(spectrograms))
+    if options.residual:
+        y = torch.cat([y, mix.unsqueeze(-1) - y.sum(dim=-1, keepdim=True)], dim=-1)
+    if options.niter == 0:
+        return y
+    # EM runs on a mixture scaled to peak magnitude <= scale_factor (the package's conditioning).
+    peak = max(1.0, float(mix.abs().max()) / scale_factor)
+    return expectation_maximization(y / peak, mix / peak, options.niter, eps) * peak
+
+
+def separate_offline(
+    models: Sequence[OpenUnmix], mix: torch.Tensor, options: FileOptions = FileOptions()
+) -> torch.Tensor:
+    """A whole file as ``openunmix.Separator`` separates it.
+
+    The STFT is centred (``n_fft / 2`` samples of reflection padding at both ends, a
+    periodic Hann window), every target network sees the whole file's magnitudes at
+    once, the post-filter runs on excerpts of ``wiener_win_len`` frames, and the
+    inverse STFT is cut to the input length.
+
+    Args:
+        models: the target networks (one shared STFT configuration).
+        mix: ``(channels, samples)`` at the models' rate, ``samples > n_fft / 2``.
+    Returns:
+        ``(targets [+ 1 residual], channels, samples)``.
+    """
+    cfg = models[0].config
+    if mix.dim() != 2 or mix.shape[0] != cfg.nb_channels:
+        raise ValueError(f"expected ({cfg.nb_channels}, samples), got {tuple(mix.shape)}")
+    if mix.shape[1] <= cfg.n_fft // 2:
+        raise ValueError(f"{mix.shape[1]} samples: Open-Unmix files need more than n_fft / 2 = {cfg.n_fft // 2}")
+    if len(models) + int(options.residual) == 1 and options.niter > 0:
+        raise ValueError("the Wiener post-filter (niter > 0) needs two sources: add residual=True")
+    window = torch.hann_window(cfg.n_fft, device=mix.device, dtype=mix.dtype)
+    stft = torch.stft(
+        mix, cfg.n_fft, cfg.hop_length, window=window, center=True, pad_mode="reflect", return_complex=True
+    )  # (C, F, T)
+    mag = stft.abs()
+    if cfg.nb_channels == 1:  # the package's mono ComplexNorm (a mean over one channel)
+        mag = mag.mean(dim=0, keepdim=True)
+    with torch.no_grad():
+        estimates = torch.stack([m(mag.unsqueeze(0))[0] for m in models], dim=-1)  # (C, F, T, S)
+    spectrograms = estimates.permute(2, 1, 0, 3)  # (T, F, C, S)
+    mixture = stft.permute(2, 1, 0)  # (T, F, C)
+    frames = mixture.shape[0]
+    step = options.wiener_win_len or frames
+    pieces = [
+        wiener(spectrograms[start : start + step], mixture[start : start + step], options)
+        for start in range(0, frames, step)
+    ]
+    targets = torch.cat(pieces, dim=0).permute(3, 2, 1, 0)  # (S, C, F, T)
+    sources = targets.shape[0]
+    audio = torch.istft(
+        targets.reshape(sources * cfg.nb_channels, *targets.shape[2:]),
+        cfg.n_fft,
+        cfg.hop_length,
+        window=window,
+        center=True,
+        length=mix.shape[1],
+    )  # (S * C, samples)
+    return audio.reshape(sources, cfg.nb_channels, -1)  # (S, C, samples)
 
 
 # --------------------------------------------------------------------------------------
