@@ -144,8 +144,61 @@ def load_checkpoint(path: str | Path) -> Separator:
     return model.eval()
 
 
+SUPPORTED = (
+    "stemserve checkpoints (.pt/.pth/.th, .safetensors), Open-Unmix <target>.pth files and folders "
+    "(umxhq, umxl, umxse, any hidden size), Demucs v2 files (package file or state dict)"
+)
+
+
+def short_reason(err: BaseException, limit: int = 160) -> str:
+    """The first line of an error's message, without a leading ``path:``, at most ``limit`` characters.
+
+    torch's load errors run to many lines of advice; a user needs what was found.
+    """
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _found(path: Path, ours: CheckpointError, official: CheckpointError) -> str:
+    """What ``path`` holds, in a phrase: the most specific of the loaders' reasons."""
+    from stemserve.models.demucs import PickledGlobal, restricted_torch_load
+
+    if path.suffix == ".safetensors":
+        return short_reason(ours).removeprefix(f"{path}: ")
+    try:
+        content = restricted_torch_load(path)  # inert: no pickled code runs
+    except CheckpointError as err:
+        cause = err.__cause__ if err.__cause__ is not None else err
+        return f"not a readable torch file, truncated or corrupt ({type(cause).__name__}: {short_reason(cause, 100)})"
+    if isinstance(content, dict) and content.get("format") == FORMAT:
+        return short_reason(ours).removeprefix(f"{path}: ")
+    if isinstance(content, dict) and "klass" in content:
+        klass = content["klass"]
+        name = klass.qualified_name() if isinstance(klass, type) and issubclass(klass, PickledGlobal) else repr(klass)
+        reasons = [r for r in str(official).split("; ") if r.startswith("Demucs: ")]
+        detail = short_reason(CheckpointError(reasons[0].removeprefix("Demucs: "))) if reasons else ""
+        return f"a Demucs package file of class {name} ({detail.removeprefix(f'{path}: ')})"
+    if isinstance(content, dict) and content and all(isinstance(v, torch.Tensor) for v in content.values()):
+        keys = list(content)
+        if any(k in content for k in ("fc1.weight", "input_mean")):
+            family = "Open-Unmix: "
+        elif any(k.startswith("encoder.0") for k in keys):
+            family = "Demucs: "
+        else:
+            shown = ", ".join(keys[:4]) + (", ..." if len(keys) > 4 else "")
+            return f"a state dict of {len(keys)} tensors ({shown}) that matches no supported architecture"
+        reasons = [r.removeprefix(family) for r in str(official).split("; ") if r.startswith(family)]
+        reason = reasons[0].removeprefix(f"{path}: ") if reasons else short_reason(official)
+        return f"a state dict that looks {family[:-2]} but does not fit it ({short_reason(CheckpointError(reason))})"
+    return f"a torch file holding a {type(content).__name__}, not a model"
+
+
 def load_model(path: str | Path) -> Separator:
-    """Load any supported model file or folder: ours, or official Open-Unmix / Demucs v2."""
+    """Load any supported model file or folder: ours, or official Open-Unmix / Demucs v2.
+
+    Raises:
+        CheckpointError: one line naming ``path``, what it holds and what is supported.
+    """
     path = Path(path)
     if path.is_file():
         try:
@@ -156,9 +209,16 @@ def load_model(path: str | Path) -> Separator:
             try:
                 return official.load_official(path)
             except CheckpointError as theirs:
-                raise CheckpointError(f"{ours}; also not an official file: {theirs}") from theirs
+                log.debug("%s: %s; %s", path, ours, theirs)
+                found = _found(path, ours, theirs)
+                raise CheckpointError(f"{path}: unsupported checkpoint: {found}; supported: {SUPPORTED}") from theirs
     if path.is_dir():
         from stemserve.models import official
 
-        return official.load_official(path)
+        try:
+            return official.load_official(path)
+        except CheckpointError as err:
+            log.debug("%s: %s", path, err)
+            reason = short_reason(CheckpointError(str(err).removeprefix(f"{path}: ").split("; ")[0]), 200)
+            raise CheckpointError(f"{path}: unsupported model folder: {reason}; supported: {SUPPORTED}") from err
     raise CheckpointError(f"{path}: no such file or folder")

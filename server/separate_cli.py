@@ -45,7 +45,13 @@ def run(args: argparse.Namespace) -> int:
         # would cost warm-up time and never be used by this one file.
         models = load_untrained(engine, parse_models(args.model) or dict(list(default_models().items())[:1]))
         embedded = EmbeddedServer(engine, models)
-        address = embedded.start()
+        from stemserve.models.checkpoint import CheckpointError
+
+        try:
+            address = embedded.start()
+        except CheckpointError as err:  # one line naming the file, what it holds, what is supported
+            print(f"stemserve separate: {err}", file=sys.stderr)
+            return 2
     written: dict[str, Path] = {}
     try:
         with StemClient(address, token=args.token if args.server else None) as client:

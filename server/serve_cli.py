@@ -165,8 +165,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"stemserve serve: {err}", file=sys.stderr)
         return 2
     config.models = load_untrained(engine, parse_models(args.model) or default_models())
+    from stemserve.models.checkpoint import CheckpointError
+
     try:
         asyncio.run(App(config, engine).run_until_signal())
+    except CheckpointError as err:  # one line naming the file, what it holds, what is supported
+        print(f"stemserve serve: {err}", file=sys.stderr)
+        return 2
     except OSError as err:
         print(f"stemserve serve: {err}", file=sys.stderr)
         return 1
