@@ -877,7 +877,7 @@ def run(options: Options) -> dict[str, Any]:
             for _ in range(cycles):
                 before = sessions()
                 clients = start_clients(server.address, killed_clients)
-                faults["sessions_with_clients"] = sessions()
+                faults.setdefault("sessions_with_clients", []).append(sessions())
                 for proc in clients:
                     proc.kill()
                     proc.wait(TIMEOUT)

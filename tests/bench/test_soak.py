@@ -132,7 +132,7 @@ def test_tracks_reconnect_after_the_server_is_killed_and_after_it_is_stopped(soa
 def test_killed_clients_sessions_are_freed(soak: dict[str, Any]) -> None:
     faults = soak["faults"]
     assert faults["clients_killed"] >= 2
-    assert faults["sessions_with_clients"] == soak["tracks"] + 2
+    assert faults["sessions_with_clients"] == [soak["tracks"] + 2] * faults["cycles"]
     assert len(faults["freed_s"]) == faults["cycles"]
 
 
