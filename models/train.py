@@ -476,8 +476,16 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- loop
 
 
-def train(options: TrainOptions, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
-    """Train ``options.model`` on ``options.data``; returns the best checkpoint and the loss history."""
+def train(
+    options: TrainOptions,
+    on_step: Callable[[int, float], None] | None = None,
+    on_update: Callable[[int, nn.Module], None] | None = None,
+) -> TrainResult:
+    """Train ``options.model`` on ``options.data``; returns the best checkpoint and the loss history.
+
+    ``on_step(step, train_loss)`` and ``on_update(step, model)`` are called after every optimiser
+    step (``on_update`` sees the weights just stepped: the DDP test compares them across ranks).
+    """
     started = time.monotonic()
     dist_info, device = _init_distributed(options.device)
     torch.set_num_threads(
@@ -603,7 +611,11 @@ def train(options: TrainOptions, on_step: Callable[[int, float], None] | None = 
             if description.domain == "spectrogram":
                 assert description.hop_length is not None and description.window_samples is not None
                 room = (mixture.shape[-1] - description.window_samples) // description.hop_length + 1
-                frame_offset = torch.randint(room, (mixture.shape[0],), generator=generator)
+                # Drawn for the global batch (DistributedSampler hands rank r its items r, r + world, ...),
+                # so N ranks of batch B see the windows one process of batch N * B sees.
+                shared = generator_for(options.seed, step, 0) if dist_info.enabled else generator
+                every = torch.randint(room, (mixture.shape[0] * dist_info.world,), generator=shared)
+                frame_offset = every[dist_info.rank :: dist_info.world]
             if task.objective == "conditioned":
                 target = draw_targets(stems, frame_offset, description, generator).to(device)
             mixture = mixture.to(device, non_blocking=True)
@@ -623,6 +635,8 @@ def train(options: TrainOptions, on_step: Callable[[int, float], None] | None = 
             bar.set_postfix(loss=f"{train_loss:.4g}", best=f"{best_val:.4g}")
             if on_step is not None:
                 on_step(step, train_loss)
+            if on_update is not None:
+                on_update(step, model)
             if step % options.valid_every == 0 or step == last:
                 val = validate() if dist_info.main else math.nan
                 val = _broadcast_float(val, dist_info, device)

@@ -4,6 +4,7 @@
 
     stemserve train --model unet --data data/music --out unet.pt --steps 20000 --batch 16
     stemserve train --model conv_tasnet --data data/speech --out tasnet.pt --config num_repeats=2
+    stemserve train --nproc 2 --model unet --data data/music --out unet.pt --device cpu   # DDP, 2 processes
     torchrun --nproc_per_node 4 -m stemserve.server.cli train --model demucs --data data/music --out demucs.pt
 
 The best checkpoint (lowest validation loss) is written to ``--out``; the state
@@ -14,7 +15,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stemserve.models.train import TrainOptions, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -56,41 +62,88 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="chance that a training stem is resampled up to 2 semitones up or down, tempo with it (default 0)",
     )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--nproc", type=int, default=1,
+        help="DDP processes on this machine, as torchrun --standalone --nproc_per_node N (gloo on CPU, "
+        "NCCL on GPU: one process per GPU); --batch is per process (default 1: no DDP)",
+    )  # fmt: skip
+
+
+def options_from_args(args: argparse.Namespace) -> TrainOptions:
+    """The :class:`TrainOptions` of parsed ``stemserve train`` arguments (TrainError when invalid)."""
+    from stemserve.models.train import TrainOptions, parse_overrides
+
+    return TrainOptions(
+        model=args.model,
+        data=args.data,
+        out=args.out,
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        lr_schedule=args.lr_schedule,
+        lr_min=args.lr_min,
+        init=args.init,
+        stop_after=args.stop_after,
+        device=args.device,
+        seed=args.seed,
+        segment=args.segment,
+        valid_every=args.valid_every,
+        resume=args.resume,
+        config=parse_overrides(args.config),
+        workers=args.workers,
+        clip=args.clip,
+        threads=args.threads,
+        valid_items=args.valid_items,
+        augment=not args.no_augment,
+        repitch=args.repitch,
+        progress=not args.no_progress,
+        command=" ".join(["stemserve", *sys.argv[1:]]),
+    )
+
+
+def launch(options: TrainOptions, nproc: int) -> TrainResult:
+    """Run :func:`train` in ``nproc`` DDP processes (torchrun's standalone launcher); rank 0's result."""
+    import uuid
+
+    from stemserve.models.train import TrainError
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",  # a free port on loopback, as torchrun --standalone
+        max_restarts=0,
+        start_method="spawn",
+    )
+    try:
+        results = elastic_launch(config, _train_rank)(options)
+    except ChildFailedError as err:  # the rank's own error was logged by the rank
+        raise TrainError(f"a DDP process failed: {err.get_first_failure()[1].message}") from err
+    return results[0]
+
+
+def _train_rank(options: TrainOptions) -> TrainResult:
+    from stemserve.models.train import train
+
+    return train(options)
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from stemserve.models.train import TrainError, TrainOptions, parse_overrides, train
+    from stemserve.models.train import TrainError, train
 
+    if args.nproc < 1:
+        print("stemserve train: --nproc must be >= 1", file=sys.stderr)
+        return 2
     try:
-        options = TrainOptions(
-            model=args.model,
-            data=args.data,
-            out=args.out,
-            steps=args.steps,
-            batch=args.batch,
-            lr=args.lr,
-            lr_schedule=args.lr_schedule,
-            lr_min=args.lr_min,
-            init=args.init,
-            stop_after=args.stop_after,
-            device=args.device,
-            seed=args.seed,
-            segment=args.segment,
-            valid_every=args.valid_every,
-            resume=args.resume,
-            config=parse_overrides(args.config),
-            workers=args.workers,
-            clip=args.clip,
-            threads=args.threads,
-            valid_items=args.valid_items,
-            augment=not args.no_augment,
-            repitch=args.repitch,
-            progress=not args.no_progress,
-            command=" ".join(["stemserve", *sys.argv[1:]]),
-        )
-        result = train(options)
+        options = options_from_args(args)
+        launcher = args.nproc > 1 and "WORLD_SIZE" not in os.environ  # not when torchrun started us
+        result = launch(options, args.nproc) if launcher else train(options)
     except TrainError as err:
         print(f"stemserve train: {err}", file=sys.stderr)
         return 2
