@@ -12,21 +12,22 @@ One server process (a passthrough model ``pass`` and a tiny four-stem U-Net
    of a float32), and the track's gain of 0.5 is exact in binary, so every
    output frame says which input frame it is the estimate of.
 3. **Bad input.** While the tracks stream and the clean session renders the
-   same clip again (same blocks) concurrently, every malformed input of
-   :data:`CASES` (gRPC and OSC) is sent; each must get its status, and the clean
-   session's output must equal the clean run's bit for bit.
+   same clip again (same blocks, in real time), every malformed input of
+   :func:`malformed_inputs` (gRPC, TCP and OSC) is sent, round after round; each
+   must get its status every time, and the clean session's output must equal the
+   clean run's bit for bit.
 4. **Faults.** Bridge client processes are killed (SIGKILL) mid-stream and the
    server must free their sessions; the server is killed (SIGKILL) and, later,
    stopped (SIGTERM) and restarted on the same ports under the tracks, which
    must reconnect.
 
 Accounting per track (host output frame ``n`` must be the estimate for host
-input frame ``n - L``): a *wet* frame decodes to a track and an input frame;
-it is *misaligned* if that is not this track's frame ``n - L``, *duplicated*
-if the same input frame was seen before; a frame that is silence (underrun
-policy ``silence``) must have been counted by the bridge as a gap or an
-underrun, and silence it did not count, or anything that decodes to no frame,
-is *lost*. Lost, duplicated and misaligned must all be 0.
+input frame ``n - L``): a frame is *wet* when it is this track's frame
+``n - L`` times the gain, a *gap* when it is silence (underrun policy
+``silence``), and *misaligned* otherwise. An input frame is *duplicated* when
+it comes out more than once, and *lost* when its slot holds something else and
+it turns up nowhere, or when its slot is silence the bridge did not count (as a
+gap, an underrun or a mute). Lost, duplicated and misaligned must all be 0.
 
 ``python -m stemserve.bench.soak serve ...`` and ``... client ...`` are the
 server and the killable client processes the run starts.
@@ -53,8 +54,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 from stemserve.bench.report import Options, figure, save_figure, table
+from stemserve.protos import stemserve_pb2 as pb
+from stemserve.protos import stemserve_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +336,7 @@ class Track:
         from stemserve.plugin_bridge.bridge import Bridge
 
         rng = np.random.default_rng(self.seed)
+        # "mix" is the passthrough model's one stem (not the dry/wet parameter).
         bridge = Bridge(bridge_settings(self.address, "pass", PASS_RATE, PASS_CHANNELS, gains={"mix": GAIN}))
         self._bridge = bridge
         try:
@@ -442,8 +447,8 @@ class Target:
 
     address: str
     osc_port: int
-    stub: Any
-    channel: Any
+    stub: pb_grpc.SeparationStub
+    channel: grpc.Channel
     session: str  # a session open on ``unet`` (OSC cases address it)
 
 
@@ -455,19 +460,11 @@ class Case:
     send: Callable[[Target], str]
 
 
-def _pb() -> Any:
-    from stemserve.protos import stemserve_pb2
-
-    return stemserve_pb2
-
-
 def _opening(model: str = "unet", rate: int = UNET_RATE, channels: int = 1, **kw: Any) -> Any:
-    pb = _pb()
     return pb.StreamRequest(open=pb.OpenSession(model=model, sample_rate=rate, channels=channels, **kw))
 
 
 def _block(data: bytes, frames: int = 0) -> Any:
-    pb = _pb()
     return pb.StreamRequest(block=pb.AudioBlock(seq=0, position=0, frames=frames, pcm=data))
 
 
@@ -483,9 +480,6 @@ def _stream(*requests: Any) -> Callable[[Target], str]:
     """Send ``requests`` on one Stream (then half-close); the call's status code, with any session statuses."""
 
     def send(target: Target) -> str:
-        import grpc
-
-        pb = _pb()
         statuses = []
         try:
             for reply in target.stub.Stream(iter(requests), timeout=TIMEOUT):
@@ -501,8 +495,6 @@ def _stream(*requests: Any) -> Callable[[Target], str]:
 
 def _unary(method: str, request: Callable[[Target], Any]) -> Callable[[Target], str]:
     def send(target: Target) -> str:
-        import grpc
-
         try:
             getattr(target.stub, method)(request(target), timeout=TIMEOUT)
         except grpc.RpcError as err:
@@ -514,8 +506,6 @@ def _unary(method: str, request: Callable[[Target], Any]) -> Callable[[Target], 
 
 def _separate(*requests: Any) -> Callable[[Target], str]:
     def send(target: Target) -> str:
-        import grpc
-
         try:
             for _ in target.stub.Separate(iter(requests), timeout=TIMEOUT):
                 pass
@@ -530,8 +520,6 @@ def _raw_unary(method: str, data: bytes) -> Callable[[Target], str]:
     """Bytes that are no protobuf message (or a method that does not exist), sent as a unary call."""
 
     def send(target: Target) -> str:
-        import grpc
-
         call = target.channel.unary_unary(method, request_serializer=None, response_deserializer=None)
         try:
             call(data, timeout=TIMEOUT)
@@ -559,7 +547,6 @@ def _tcp_garbage(data: bytes) -> Callable[[Target], str]:
 
 
 def _osc_stats(target: Target) -> dict[str, int]:
-    pb = _pb()
     return dict(json.loads(target.stub.GetStats(pb.GetStatsRequest(), timeout=TIMEOUT).extra_json)["osc"])
 
 
@@ -597,8 +584,8 @@ def _osc_raw(data: bytes) -> Callable[[Target], str]:
     return send
 
 
-def _cases() -> list[Case]:
-    pb = _pb()
+def malformed_inputs() -> list[Case]:
+    """Every malformed input the soak sends, with the status each must get."""
     nan = _noise(64)
     nan[0, [3, 10, 11]] = [np.nan, np.inf, -np.inf]
     limit = 16 * 1024 * 1024  # the server's default --max-message-mb
@@ -652,7 +639,7 @@ def _cases() -> list[Case]:
             "gRPC Stream",
             "unknown control kind (99)",
             "INVALID_ARGUMENT",
-            _stream(_opening(), pb.StreamRequest(control=pb.Control(kind=99))),
+            _stream(_opening(), pb.StreamRequest(control=pb.Control(kind=99))),  # type: ignore[arg-type] # on purpose
         ),
         Case(
             "gRPC Stream",
@@ -741,7 +728,7 @@ def run_cases(target: Target, cases: list[Case], until: threading.Event) -> list
 
 
 @contextlib.contextmanager
-def live_session(stub: Any) -> Iterator[str]:
+def live_session(stub: pb_grpc.SeparationStub) -> Iterator[str]:
     """A Stream session on ``unet`` held open (no audio): the session OSC cases address."""
     import queue
 
@@ -794,10 +781,7 @@ def random_sizes(total: int, rng: np.random.Generator) -> list[int]:
 
 
 def run(options: Options) -> dict[str, Any]:
-    import grpc
-    from stemserve.protos import stemserve_pb2_grpc as pb_grpc
 
-    pb = _pb()
     tiny = options.tiny
     k = int(options.extra.get("tracks", 3 if tiny else 8))
     killed_clients = int(options.extra.get("clients", 2 if tiny else 6))
@@ -862,7 +846,7 @@ def run(options: Options) -> dict[str, Any]:
             wait_until(lambda: during[0] > 0 or "error" in box, "the clean session to stream")
             with live_session(stub) as session:
                 target = Target(server.address, server.osc_port, stub, channel, session)
-                case_rows = run_cases(target, _cases(), until=nearly_done)
+                case_rows = run_cases(target, malformed_inputs(), until=nearly_done)
             cases_done.set()
             clean_thread.join(TIMEOUT * 5)
             if "error" in box:
