@@ -3,6 +3,7 @@
 ::
 
     stemserve data music  --out data/music  --tracks 200 --seconds 10 --seed 0 [--valid 20 --test 20 --workers 2]
+                          [--soundfonts train --timing-ms 8 --velocity-spread 8 --effects --loudness-db 4]
     stemserve data speech --out data/speech --mixtures 2000 --seconds 4 --seed 0 [--rate 8000]
 
 Both are deterministic: the same arguments write byte-identical files, and a
@@ -34,6 +35,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--rate", type=int, default=44100, help="sample rate (default 44100)")
     m.add_argument("--subtype", default="FLOAT", choices=("FLOAT", "PCM_16", "PCM_24"), help="wav sample format")
     m.add_argument("--soundfont", default=None, help="GM soundfont (default: $STEMSERVE_SOUNDFONT or FluidR3_GM)")
+    m.add_argument(
+        "--soundfonts",
+        default=None,
+        help="comma-separated pool each stem draws its soundfont from (names of models.data.variety.GM_SOUNDFONTS "
+        "or paths; 'train' = the training pool, which leaves out the held-out TimGM6mb)",
+    )
+    m.add_argument("--timing-ms", type=float, default=0.0, help="onset humanisation, std in ms (default 0)")
+    m.add_argument("--velocity-spread", type=float, default=0.0, help="velocity humanisation, std (default 0)")
+    m.add_argument("--effects", action="store_true", help="a random SoX chain per stem: EQ, shelf, compressor, reverb")
+    m.add_argument("--loudness-db", type=float, default=0.0, help="per-stem gain uniform in +-this (default 0)")
 
     s = sub.add_parser("speech", help="two-speaker espeak-ng mixtures (wsj0-2mix layout)")
     s.add_argument("--out", required=True, help="output folder (tr/, cv/, tt/ inside)")
@@ -56,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     workers = args.workers or os.cpu_count() or 1
     if args.kind == "music":
-        from stemserve.models.data import music
+        from stemserve.models.data import music, variety
 
         counts = {
             "train": args.tracks,
@@ -64,12 +75,24 @@ def run(args: argparse.Namespace) -> int:
             "test": _held_out(args.test, args.tracks),
         }
         try:
+            pool: tuple[str, ...] = ()
+            if args.soundfonts:
+                names = [n.strip() for n in args.soundfonts.split(",") if n.strip()]
+                pool = tuple(variety.TRAIN_SOUNDFONTS if names == ["train"] else names)
             settings = music.RenderSettings(
-                seconds=args.seconds, sample_rate=args.rate, subtype=args.subtype, soundfont=args.soundfont
+                seconds=args.seconds,
+                sample_rate=args.rate,
+                subtype=args.subtype,
+                soundfont=args.soundfont,
+                soundfonts=pool,
+                timing_ms=args.timing_ms,
+                velocity_spread=args.velocity_spread,
+                effects=args.effects,
+                loudness_db=args.loudness_db,
             )
             with tqdm(total=sum(counts.values()), unit="track", desc="rendering") as bar:
                 music.render_dataset(args.out, counts, args.seed, settings, workers, lambda *_: bar.update())
-        except (ValueError, music.RenderError) as err:
+        except (ValueError, music.RenderError, variety.EffectError) as err:
             print(f"stemserve data music: {err}", file=sys.stderr)
             return 2
         print(f"wrote {counts} tracks of {args.seconds:g} s to {args.out}")

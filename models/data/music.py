@@ -21,6 +21,16 @@ The output follows the MUSDB18-HQ layout, so real MUSDB data works the same way:
 
     OUT/<split>/<track>/mixture.wav, drums.wav, bass.wav, other.wav, vocals.wav, meta.json
 
+plus ``notes.json``: every stem's notes as performed (onset and offset in
+seconds, MIDI pitch), from which :mod:`models.data.labels` makes per-frame
+activity and lead-f0 labels.
+
+By default every stem is played by one soundfont, exactly as planned. The
+:class:`RenderSettings` variety fields (see :mod:`models.data.variety`) draw
+each stem's soundfont from a pool, humanise onsets and velocities, add a SoX
+effect chain per stem and vary stem loudness; ``meta.json`` then records each
+stem's soundfont, effects and gain under ``production``.
+
 Stems are written first (float32 by default); the mixture is the sum of the
 stems *as written* (after any PCM quantisation), so ``mixture == sum(stems)``
 holds on the files. Rendering is deterministic: FluidSynth has no random
@@ -48,6 +58,7 @@ from typing import Any
 import mido
 import numpy as np
 import soundfile as sf
+from stemserve.models.data import variety
 from stemserve.models.data.wavfile import write_wav
 
 log = logging.getLogger(__name__)
@@ -582,8 +593,21 @@ class RenderSettings:
     subtype: str = "FLOAT"
     soundfont: str | None = None
     peak: float = 0.9  # the mixture's peak never exceeds this (so PCM mixtures cannot clip)
+    # Variety (models/data/variety.py); the defaults render what FORMAT_VERSION 1 always rendered.
+    soundfonts: tuple[str, ...] = ()  # per-stem pool (names or paths); empty: ``soundfont`` for all
+    timing_ms: float = 0.0  # onset humanisation, standard deviation in ms
+    velocity_spread: float = 0.0  # velocity humanisation, standard deviation in MIDI steps
+    effects: bool = False  # a random SoX chain per stem (EQ, treble shelf, compressor, reverb)
+    loudness_db: float = 0.0  # per-stem gain uniform in +-loudness_db, on top of the plan's
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "soundfonts", tuple(self.soundfonts))
+        if self.soundfonts and self.soundfont:
+            raise ValueError("give soundfont or soundfonts, not both")
+        for name in self.soundfonts:
+            variety.resolve_soundfont(name)
+        if self.timing_ms < 0 or self.velocity_spread < 0 or self.loudness_db < 0:
+            raise ValueError("timing_ms, velocity_spread and loudness_db must be >= 0")
         if self.seconds <= 0:
             raise ValueError("seconds must be > 0")
         if self.sample_rate <= 0:
@@ -594,20 +618,41 @@ class RenderSettings:
             raise ValueError("peak must be in (0, 1]")
 
 
+def stem_choices(plan: SongPlan, settings: RenderSettings) -> dict[str, variety.StemChoice]:
+    """Per stem: the soundfont, SoX effects and extra gain this track is rendered with."""
+    default = Path() if settings.soundfonts else find_soundfont(settings.soundfont)
+    return variety.choose(plan.seed, SOURCES, settings.soundfonts, settings.effects, settings.loudness_db, default)
+
+
+def performed_parts(plan: SongPlan, settings: RenderSettings) -> dict[str, list[Part]]:
+    """The plan's parts as played: humanised when the settings ask for it (notes in beats)."""
+    if settings.timing_ms == 0 and settings.velocity_spread == 0:
+        return plan.parts
+    return {
+        stem: variety.humanise(plan.parts[stem], plan.seed, i, plan.tempo, settings.timing_ms, settings.velocity_spread)
+        for i, stem in enumerate(SOURCES)
+    }
+
+
 def render_stems(plan: SongPlan, settings: RenderSettings, workdir: Path) -> dict[str, np.ndarray]:
     """Render every stem of ``plan`` to ``(2, samples)`` float32, gains and level applied, quantised."""
-    soundfont = find_soundfont(settings.soundfont)
     num_samples = int(round(settings.seconds * settings.sample_rate))
+    choices = stem_choices(plan, settings)
+    performed = performed_parts(plan, settings)
     stems: dict[str, np.ndarray] = {}
     for stem in SOURCES:
-        parts = [p for p in plan.parts[stem] if p.notes]
+        parts = [p for p in performed[stem] if p.notes]
         if not parts:
             stems[stem] = np.zeros((2, num_samples), dtype=np.float32)
             continue
+        choice = choices[stem]
         midi_path = workdir / f"{stem}.mid"
         write_midi(parts, plan.tempo, settings.seconds, midi_path)
-        audio = render_midi(midi_path, workdir / f"{stem}.wav", soundfont, settings.sample_rate, num_samples)
-        stems[stem] = audio * np.float32(10.0 ** (plan.gains_db[stem] / 20.0))
+        audio = render_midi(
+            midi_path, workdir / f"{stem}.wav", Path(choice.soundfont), settings.sample_rate, num_samples
+        )
+        audio = variety.apply_effects(audio, settings.sample_rate, choice.effects, workdir)
+        stems[stem] = audio * np.float32(10.0 ** ((plan.gains_db[stem] + choice.gain_db) / 20.0))
     # One level for the whole track: a random loudness, then a ceiling on the mixture's peak.
     rng = np.random.default_rng([plan.seed, 1])
     mixture = np.sum([stems[s].astype(np.float64) for s in SOURCES], axis=0)
@@ -623,15 +668,56 @@ def track_name(index: int) -> str:
     return f"track{index:05d}"
 
 
+_VARIETY_DEFAULTS = {"soundfonts": (), "timing_ms": 0.0, "velocity_spread": 0.0, "effects": False, "loudness_db": 0.0}
+
+
+def _saved_settings(settings: RenderSettings) -> dict[str, Any]:
+    """The settings as recorded: every field, except variety fields at their defaults."""
+    items = dataclasses.asdict(settings).items()
+    return {k: v for k, v in items if k not in _VARIETY_DEFAULTS or _VARIETY_DEFAULTS[k] != v}
+
+
 def _meta(plan: SongPlan, settings: RenderSettings, split: str, index: int) -> dict[str, Any]:
-    return {
+    # Variety settings at their defaults are left out, so tracks rendered before they existed
+    # still count as complete (same meta) and are not rendered again.
+    saved = _saved_settings(settings)
+    meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "split": split,
         "index": index,
         "sources": list(SOURCES),
-        "settings": dataclasses.asdict(settings),
+        "settings": saved,
         "song": plan.summary(),
     }
+    if saved.keys() & _VARIETY_DEFAULTS.keys():
+        meta["production"] = {
+            stem: {
+                "soundfont": variety.soundfont_name(c.soundfont),
+                "effects": [list(e) for e in c.effects],
+                "gain_db": round(c.gain_db, 3),
+            }
+            for stem, c in stem_choices(plan, settings).items()
+        }
+    return meta
+
+
+def note_events(plan: SongPlan, settings: RenderSettings) -> dict[str, list[list[float]]]:
+    """Per stem, ``[onset_s, offset_s, pitch]`` of every note as performed, by onset (the label source).
+
+    Times are in seconds from the track start (notes past the track's end are
+    left out); drum "pitches" are GM percussion keys.
+    """
+    beat = 60.0 / plan.tempo
+    out: dict[str, list[list[float]]] = {}
+    for stem, parts in performed_parts(plan, settings).items():
+        events = [
+            [round(n.start * beat, 6), round((n.start + n.duration) * beat, 6), float(n.pitch)]
+            for p in parts
+            for n in p.notes
+            if n.start * beat < settings.seconds
+        ]
+        out[stem] = sorted(events)
+    return out
 
 
 def render_track(out_dir: Path, split: str, index: int, base_seed: int, settings: RenderSettings) -> Path:
@@ -658,6 +744,7 @@ def render_track(out_dir: Path, split: str, index: int, base_seed: int, settings
             mixture += stems[stem]  # float32 sum of exactly what was written
         write_wav(staging / "mixture.wav", mixture, settings.sample_rate, settings.subtype)
         (staging / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+        (staging / "notes.json").write_text(json.dumps(note_events(plan, settings)) + "\n")
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)
@@ -695,8 +782,11 @@ def render_dataset(
         raise ValueError("track counts must be >= 0")
     if workers < 1:
         raise ValueError("workers must be >= 1")
-    find_soundfont(settings.soundfont)  # fail before starting any thread
+    if not settings.soundfonts:
+        find_soundfont(settings.soundfont)  # fail before starting any thread
     fluidsynth_binary()
+    if settings.effects:
+        variety.sox_binary()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(split, i) for split in SPLITS for i in range(counts.get(split, 0))]
@@ -717,6 +807,7 @@ def render_dataset(
         "seconds": settings.seconds,
         "subtype": settings.subtype,
         "seed": base_seed,
+        **{k: v for k, v in _saved_settings(settings).items() if k in _VARIETY_DEFAULTS},
         "splits": {split: counts.get(split, 0) for split in SPLITS},
     }
     (out / "dataset.json").write_text(json.dumps(manifest, indent=1) + "\n")
