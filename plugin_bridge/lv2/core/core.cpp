@@ -88,6 +88,17 @@ Core::~Core() {
   stop_.store(true);
   cancel_live();
   if (sender_.joinable()) sender_.join();
+  const Counters& c = counters_;
+  log_line("COUNTERS frames=%llu underrun_blocks=%llu underrun_frames=%llu gap_frames=%llu late_frames=%llu "
+           "blocks_sent=%llu blocks_received=%llu sessions_opened=%llu connect_failures=%llu "
+           "latency_refusals=%llu input_lost_frames=%llu params_sent=%llu params_deferred=%llu",
+           (unsigned long long)c.frames.load(), (unsigned long long)c.underrun_blocks.load(),
+           (unsigned long long)c.underrun_frames.load(), (unsigned long long)c.gap_frames.load(),
+           (unsigned long long)c.late_frames.load(), (unsigned long long)c.blocks_sent.load(),
+           (unsigned long long)c.blocks_received.load(), (unsigned long long)c.sessions_opened.load(),
+           (unsigned long long)c.connect_failures.load(), (unsigned long long)c.latency_refusals.load(),
+           (unsigned long long)c.input_lost_frames.load(), (unsigned long long)c.params_sent.load(),
+           (unsigned long long)c.params_deferred.load());
 }
 
 // -- control threads ---------------------------------------------------------------------------
