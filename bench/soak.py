@@ -378,8 +378,8 @@ class Track:
 
 def render(
     address: str, audio: np.ndarray, sizes: list[int], between: Callable[[int, int], None] | None = None
-) -> tuple[np.ndarray, dict[str, int]]:
-    """A bridge session on ``unet`` renders ``audio (1, T)`` in blocks of ``sizes``; its output and counters.
+) -> tuple[np.ndarray, dict[str, int], int]:
+    """A bridge session on ``unet`` renders ``audio (1, T)`` in blocks of ``sizes``: output, counters, latency.
 
     ``between(index, frames)`` is called after each block (the soak paces and holds the session with it).
     """
@@ -388,7 +388,8 @@ def render(
     bridge = Bridge(bridge_settings(address, "unet", UNET_RATE, 1))
     out = []
     try:
-        if bridge.start(wait_s=TIMEOUT) is None:
+        report = bridge.start(wait_s=TIMEOUT)
+        if report is None:
             raise RuntimeError("the clean session did not connect")
         start = 0
         for index, n in enumerate(sizes):
@@ -398,7 +399,7 @@ def render(
                 between(index, n)
     finally:
         bridge.stop()
-    return np.concatenate(out, axis=1), bridge.stats()
+    return np.concatenate(out, axis=1), bridge.stats(), report.total
 
 
 def client(argv: list[str]) -> int:
@@ -762,6 +763,18 @@ def reconnected(tracks: list[Track], before: list[int]) -> bool:
     return all(t.stats_now().get("reconnects", 0) > n or t.error for t, n in zip(tracks, before, strict=True))
 
 
+def offline_difference(checkpoint: Path, clip: np.ndarray, out: np.ndarray, latency: int) -> float:
+    """Largest ``|out[n] - offline[n - latency]|``: the stream against the model's offline pass on ``clip``."""
+    import torch
+    from stemserve.models.apply import separate_signal
+    from stemserve.models.checkpoint import load_model
+
+    model = load_model(checkpoint).eval()
+    with torch.inference_mode():
+        offline = separate_signal(model, torch.from_numpy(clip)).numpy().sum(axis=0)  # all stems, gain 1
+    return float(np.abs(out[:, latency:] - offline[:, : out.shape[1] - latency]).max())
+
+
 def write_unet(folder: Path) -> Path:
     import torch
     from stemserve.models import registry
@@ -798,7 +811,8 @@ def run(options: Options) -> dict[str, Any]:
     started = time.monotonic()
 
     with tempfile.TemporaryDirectory(prefix="stemserve-soak-") as tmp:
-        server = SoakServer(write_unet(Path(tmp)), Path(tmp) / "server.log", threads=server_threads)
+        unet = write_unet(Path(tmp))
+        server = SoakServer(unet, Path(tmp) / "server.log", threads=server_threads)
         server.start()
         tracks = [Track(i, server.address, seed=100 + i) for i in range(k)]
         clients: list[subprocess.Popen[str]] = []
@@ -813,7 +827,8 @@ def run(options: Options) -> dict[str, Any]:
                 return sessions() == count
 
             # 1. The clean run: the unet session alone.
-            reference, reference_stats = render(server.address, clip, sizes)
+            reference, reference_stats, latency = render(server.address, clip, sizes)
+            offline = offline_difference(unet, clip, reference, latency)
 
             # 2. Tracks stream; bad input arrives while the clean session renders the clip again.
             for track in tracks:
@@ -835,7 +850,7 @@ def run(options: Options) -> dict[str, Any]:
 
             def clean() -> None:
                 try:
-                    box["out"], box["stats"] = render(server.address, clip, sizes, between=pace)
+                    box["out"], box["stats"], _ = render(server.address, clip, sizes, between=pace)
                 except BaseException as err:  # reported below
                     box["error"] = err
                 finally:
@@ -906,6 +921,7 @@ def run(options: Options) -> dict[str, Any]:
         "frames": int(clip.shape[1]),
         "blocks_during_bad_input": during[0],
         "bit_identical": identical,
+        "offline_max_abs_difference": offline,
         "frames_differing": len(differs),
         "first_differing_frame": int(differs[0]) if len(differs) else None,
         "max_abs_difference": float(np.abs(box["out"] - reference).max()),
