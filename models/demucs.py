@@ -24,6 +24,12 @@ rewrite, ``decoder.{j}.3`` transposed conv); see :func:`official_key_map`.
 :func:`load_official` reads the package's pickled files without running
 pickled code.
 
+Streaming (causal variant): :meth:`Demucs.stream_step` keeps per-layer caches
+(encoder inputs, LSTM state, decoder context, transposed-convolution tails and
+delayed skips), so a step of ``stride ** depth`` samples costs only those
+samples and the stream equals the offline pass (which, like a stream, treats
+the future past the signal's end as silence).
+
 Causal variant (``causal=True``, after the real-time speech Demucs):
 unidirectional LSTM, no resampling, no normalisation, every convolution padded
 on the left only. Encoder frame ``n`` of a layer covers its input samples
@@ -229,11 +235,20 @@ class EncoderLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.left_pad:
             x = F.pad(x, (self.left_pad, 0))
+        return self._layers(x)
+
+    def _layers(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.conv(x))  # (batch, channels, T')
         if self.rewrite is not None:
             y = self.rewrite(x)  # (batch, 2*channels or channels, T')
             x = F.glu(y, dim=1) if self.glu else torch.relu(y)  # (batch, channels, T')
         return x
+
+    def step(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Causal streaming: ``(batch, in, n)`` new inputs (``n`` a multiple of ``S``) and the last
+        ``K - S`` inputs before them -> ``(batch, channels, n / S)`` new frames and the next cache."""
+        x = torch.cat([cache, x], dim=-1)  # (batch, in, K - S + n)
+        return self._layers(x), x[..., x.shape[-1] - self.left_pad :]
 
 
 class DecoderLayer(nn.Module):
@@ -282,6 +297,30 @@ class DecoderLayer(nn.Module):
             x = x[..., self.trim : self.trim + frames * self.stride]  # (batch, out_channels, T * S)
         return torch.relu(x) if self.final_relu else x
 
+    def step(
+        self, x: torch.Tensor, context: torch.Tensor, tail: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Causal streaming: ``(batch, channels, n)`` new frames -> ``(batch, out_channels, n * S)``.
+
+        ``context`` holds the last ``2 * context`` inputs of the context convolution,
+        ``tail`` the ``K - S`` outputs the transposed convolution has begun but
+        not finished (overlap-add, bias not yet added). The samples returned are
+        the ones no later frame adds to: ``K - S`` samples behind the layer's
+        offline output grid. Returns them with the next ``context`` and ``tail``.
+        """
+        if self.rewrite is not None:
+            x = torch.cat([context, x], dim=-1)  # (batch, channels, 2 * context + n)
+            context = x[..., x.shape[-1] - self.context_pad :]
+            y = self.rewrite(x)  # (batch, 2*channels or channels, n)
+            x = F.glu(y, dim=1) if self.glu else torch.relu(y)  # (batch, channels, n)
+        n = x.shape[-1] * self.stride
+        y = F.conv_transpose1d(x, self.conv_tr.weight, None, self.stride)  # (batch, out, n + K - S)
+        y = torch.cat([y[..., : self.trim] + tail, y[..., self.trim :]], dim=-1)
+        out = y[..., :n]
+        if self.conv_tr.bias is not None:
+            out = out + self.conv_tr.bias[:, None]
+        return (torch.relu(out) if self.final_relu else out), context, y[..., n:]
+
 
 class BottleneckLSTM(nn.Module):
     """LSTM over the bottom time steps; bidirectional with a linear ``2C -> C`` projection.
@@ -300,6 +339,16 @@ class BottleneckLSTM(nn.Module):
             h = self.linear(h)  # (T, batch, channels)
         return h.permute(1, 2, 0)  # (batch, channels, T)
 
+    def step(
+        self, x: torch.Tensor, hidden: torch.Tensor, cell: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Unidirectional streaming: ``(batch, channels, n)`` and ``(batch, layers, channels)`` states."""
+        if self.linear is not None:
+            raise ValueError("a bidirectional LSTM cannot stream")
+        state = (hidden.transpose(0, 1).contiguous(), cell.transpose(0, 1).contiguous())  # (layers, batch, C)
+        h, (hidden, cell) = self.lstm(x.permute(2, 0, 1), state)  # (n, batch, channels)
+        return h.permute(1, 2, 0), hidden.transpose(0, 1), cell.transpose(0, 1)
+
 
 def _rescale_initial_weights(module: nn.Module, reference: float) -> None:
     """Move each conv's weight std towards ``reference`` (divide by ``sqrt(std / reference)``)."""
@@ -315,6 +364,17 @@ def _rescale_initial_weights(module: nn.Module, reference: float) -> None:
 # ----------------------------------------------------------------------------- model
 
 
+@register(
+    "demucs_causal_music",
+    summary="Causal Demucs sized for a CPU: depth 4, 24 channels, 1 LSTM layer; 595 samples (13.5 ms) of lookahead "
+    "at 44.1 kHz, streamed with per-layer caches",
+    causal=True,
+    resample=False,
+    normalize=False,
+    depth=4,
+    channels=24,
+    lstm_layers=1,
+)
 @register(
     "demucs_causal",
     summary="Causal Demucs: unidirectional LSTM, left-padded convs, no resampling (streams with a fixed lookahead)",
@@ -402,7 +462,10 @@ class Demucs(Separator):
             x = (wav - mean) / (1e-5 + std)  # (batch, C, T)
         else:
             x = wav
-        delta = self.valid_length(length) - length
+        # Causal: the future past the end is silence, as it is to a stream (stream_step), so the
+        # last samples' decoder frames see encoder frames of zeros rather than the edge.
+        padded = self.level_delays()[0] + length if c.causal else length
+        delta = self.valid_length(padded) - length
         left = 0 if c.causal else delta // 2
         x = F.pad(x, (left, delta - left))  # (batch, C, valid_length)
         if self.upsample is not None:
@@ -440,6 +503,82 @@ class Demucs(Separator):
                 self, mix, self.valid_length, self.config.samplerate, self.config.segment, options or FileOptions()
             )
 
+    def level_delays(self) -> list[int]:
+        """Causal streaming: per level (0 = samples ... ``depth`` = bottleneck), how many of its frames
+        a step's decoder output there trails the encoder: each transposed convolution finishes a
+        sample only when no later frame adds to it, ``K - S`` behind, and the levels above it scale
+        that by ``S``. ``level_delays()[0]`` is the stream delay in samples."""
+        c = self.config
+        delays = [0]
+        for _ in range(c.depth):
+            delays.insert(0, c.stride * delays[0] + c.kernel_size - c.stride)
+        return delays
+
+    def stream_init(self, batch: int) -> dict[str, torch.Tensor]:
+        """Per-layer caches of ``batch`` fresh streams (causal variant only; see :meth:`stream_step`)."""
+        c = self.config
+        if not c.causal:
+            raise ValueError("the non-causal Demucs (BLSTM, centred padding) needs whole chunks: it cannot stream")
+        weight = self.encoder[0].conv.weight
+        delays = self.level_delays()
+        widths = c.widths
+        inputs = [c.audio_channels, *widths[:-1]]
+        state = {"position": torch.zeros(batch, 1, dtype=torch.int64, device=weight.device)}
+        for i in range(c.depth):
+            state[f"encoder.{i}"] = weight.new_zeros(batch, inputs[i], c.kernel_size - c.stride)
+        for j, layer in enumerate(self.decoder):
+            level = c.depth - j
+            width = widths[level - 1]
+            state[f"decoder.{j}.skip"] = weight.new_zeros(batch, width, delays[level])
+            state[f"decoder.{j}.context"] = weight.new_zeros(batch, width, layer.context_pad)
+            state[f"decoder.{j}.tail"] = weight.new_zeros(batch, layer.conv_tr.out_channels, c.kernel_size - c.stride)
+        if self.lstm is not None:
+            state["lstm.hidden"] = weight.new_zeros(batch, c.lstm_layers, widths[-1])
+            state["lstm.cell"] = weight.new_zeros(batch, c.lstm_layers, widths[-1])
+        return state
+
+    def stream_step(
+        self, x: torch.Tensor, state: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(batch, channels, n)`` new samples (``n`` a multiple of ``stride ** depth``) -> ``(batch,
+        sources, channels, n)`` estimates of the samples :meth:`level_delays` ``[0]`` earlier, and the
+        new state (the given one is only read).
+
+        Nothing is recomputed: each encoder layer keeps its last ``K - S`` inputs,
+        the LSTM its state, each decoder layer its context convolution's last
+        inputs, its transposed convolution's unfinished outputs and the encoder
+        frames (skips) its delayed input has not reached yet. Decoder inputs for
+        frames before the stream start are zeroed, as the offline pass's padding is.
+        """
+        check_waveform(x, self.config.audio_channels)
+        c = self.config
+        batch, _, n = x.shape
+        if n % c.total_stride:
+            raise ValueError(f"a step must be a multiple of {c.total_stride} samples, got {n}")
+        new: dict[str, torch.Tensor] = {"position": state["position"] + n}
+        h = x
+        skips = []
+        for i, layer in enumerate(self.encoder):
+            h, new[f"encoder.{i}"] = layer.step(h, state[f"encoder.{i}"])  # (batch, width_i, n / S^(i+1))
+            skips.append(h)
+        if self.lstm is not None:
+            h, new["lstm.hidden"], new["lstm.cell"] = self.lstm.step(h, state["lstm.hidden"], state["lstm.cell"])
+        delays = self.level_delays()
+        for j, layer in enumerate(self.decoder):
+            level = c.depth - j
+            skip = skips.pop()  # (batch, width, frames): this step's encoder frames at this level
+            frames = skip.shape[-1]
+            held = torch.cat([state[f"decoder.{j}.skip"], skip], dim=-1)
+            new[f"decoder.{j}.skip"] = held[..., frames:]
+            if delays[level]:
+                first = state["position"] // c.stride**level - delays[level]  # (batch, 1) level index of h[..., 0]
+                started = first + torch.arange(frames, device=h.device) >= 0  # (batch, frames)
+                h = h * started[:, None, :]
+            h, new[f"decoder.{j}.context"], new[f"decoder.{j}.tail"] = layer.step(
+                h + held[..., :frames], state[f"decoder.{j}.context"], state[f"decoder.{j}.tail"]
+            )  # (batch, width_(level-1) or sources*C, frames * S)
+        return h.reshape(batch, len(c.sources), c.audio_channels, n), new
+
     def describe(self) -> ModelDescription:
         c = self.config
         if c.causal:
@@ -463,6 +602,7 @@ class Demucs(Separator):
             lookahead=lookahead,
             stride=c.total_stride,
             segment=segment,
+            stream_delay=self.level_delays()[0] if c.causal else None,
             extras={"recurrent": c.lstm_layers > 0, "resample": c.resample, "normalize": c.normalize},
         )
 
