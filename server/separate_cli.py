@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -21,6 +22,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stems", default="", help="comma-separated stems to write (default: all)")
     parser.add_argument("--out", type=Path, default=Path("stems"), help="output folder (default: ./stems)")
     parser.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the server to be ready")
+    parser.add_argument(
+        "--retries", type=int, default=5,
+        help="times to start the file again after UNAVAILABLE (a server draining or warming up: behind a "
+        "proxy another server takes it), with backoff (default 5)",
+    )  # fmt: skip
     add_engine_arguments(parser)
 
 
@@ -67,7 +73,16 @@ def run(args: argparse.Namespace) -> int:
                 bar.n = done
                 bar.refresh()
 
-            written = client.separate_file(path, args.out, model, stems, progress)
+            for attempt in range(args.retries + 1):
+                try:
+                    written = client.separate_file(path, args.out, model, stems, progress)
+                    break
+                except StemServeError as err:  # UNAVAILABLE: nothing was kept, the file starts over
+                    if err.code != "UNAVAILABLE" or attempt == args.retries:
+                        raise
+                    delay = min(8.0, 0.5 * 2**attempt)
+                    print(f"stemserve separate: {err}; retrying in {delay:g} s", file=sys.stderr, flush=True)
+                    time.sleep(delay)
             bar.close()
     except StemServeError as err:
         print(f"stemserve separate: {err}", file=sys.stderr)
