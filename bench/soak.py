@@ -385,7 +385,8 @@ def render(
     """
     from stemserve.plugin_bridge.bridge import Bridge
 
-    bridge = Bridge(bridge_settings(address, "unet", UNET_RATE, 1))
+    # A slow answer under load is not what this session checks: only a dead server should end it.
+    bridge = Bridge(bridge_settings(address, "unet", UNET_RATE, 1, stall_timeout_s=TIMEOUT))
     out = []
     try:
         report = bridge.start(wait_s=TIMEOUT)
