@@ -47,6 +47,7 @@ import logging
 import math
 import pickle
 import random
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -514,19 +515,24 @@ class Demucs(Separator):
             delays.insert(0, c.stride * delays[0] + c.kernel_size - c.stride)
         return delays
 
+    def _causal_layers(self) -> tuple[list[EncoderLayer], list[DecoderLayer]]:
+        encoders = [typing.cast(EncoderLayer, m) for m in self.encoder]
+        return encoders, [typing.cast(DecoderLayer, m) for m in self.decoder]
+
     def stream_init(self, batch: int) -> dict[str, torch.Tensor]:
         """Per-layer caches of ``batch`` fresh streams (causal variant only; see :meth:`stream_step`)."""
         c = self.config
         if not c.causal:
             raise ValueError("the non-causal Demucs (BLSTM, centred padding) needs whole chunks: it cannot stream")
-        weight = self.encoder[0].conv.weight
+        encoders, decoders = self._causal_layers()
+        weight = encoders[0].conv.weight
         delays = self.level_delays()
         widths = c.widths
         inputs = [c.audio_channels, *widths[:-1]]
         state = {"position": torch.zeros(batch, 1, dtype=torch.int64, device=weight.device)}
         for i in range(c.depth):
             state[f"encoder.{i}"] = weight.new_zeros(batch, inputs[i], c.kernel_size - c.stride)
-        for j, layer in enumerate(self.decoder):
+        for j, layer in enumerate(decoders):
             level = c.depth - j
             width = widths[level - 1]
             state[f"decoder.{j}.skip"] = weight.new_zeros(batch, width, delays[level])
@@ -555,16 +561,18 @@ class Demucs(Separator):
         batch, _, n = x.shape
         if n % c.total_stride:
             raise ValueError(f"a step must be a multiple of {c.total_stride} samples, got {n}")
+        encoders, decoders = self._causal_layers()
         new: dict[str, torch.Tensor] = {"position": state["position"] + n}
         h = x
         skips = []
-        for i, layer in enumerate(self.encoder):
-            h, new[f"encoder.{i}"] = layer.step(h, state[f"encoder.{i}"])  # (batch, width_i, n / S^(i+1))
+        for i, encoder in enumerate(encoders):
+            h, new[f"encoder.{i}"] = encoder.step(h, state[f"encoder.{i}"])  # (batch, width_i, n / S^(i+1))
             skips.append(h)
         if self.lstm is not None:
-            h, new["lstm.hidden"], new["lstm.cell"] = self.lstm.step(h, state["lstm.hidden"], state["lstm.cell"])
+            lstm = typing.cast(BottleneckLSTM, self.lstm)
+            h, new["lstm.hidden"], new["lstm.cell"] = lstm.step(h, state["lstm.hidden"], state["lstm.cell"])
         delays = self.level_delays()
-        for j, layer in enumerate(self.decoder):
+        for j, layer in enumerate(decoders):
             level = c.depth - j
             skip = skips.pop()  # (batch, width, frames): this step's encoder frames at this level
             frames = skip.shape[-1]

@@ -158,6 +158,14 @@ class UNetCore(nn.Module):
         self.output = nn.ConvTranspose2d(last_in, out_channels, k, stride=2, padding=k // 2)
 
     def forward(self, x: torch.Tensor, films: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        features, size = self.features(x, films)
+        return self.output(features, output_size=list(size))  # (B, out_channels, F, T)
+
+    def features(
+        self, x: torch.Tensor, films: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    ) -> tuple[torch.Tensor, torch.Size]:
+        """The last decoder layer's features ``(B, 2 * channels[0], ceil(F / 2), ceil(T / 2))`` (what the
+        output convolution reads; auxiliary heads read them too) and the input's ``(F, T)``."""
         sizes = [x.shape[-2:]]
         skips = []
         for i, layer in enumerate(self.encoder):
@@ -168,7 +176,7 @@ class UNetCore(nn.Module):
             depth = len(self.encoder) - 1 - j
             x = layer(x, sizes[depth])  # back to the shape of encoder output depth-1
             x = torch.cat([x, skips[depth - 1]], dim=1)
-        return self.output(x, output_size=list(sizes[0]))  # (B, out_channels, F, T)
+        return x, sizes[0]
 
 
 class _SpectrogramUNet(Separator):
