@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "separate": ("stemserve.server.separate_cli", "separate a file into stems (via a server, or an embedded one)"),
     "bridge": ("stemserve.plugin_bridge.cli", "real-time audio bridge (JACK / PortAudio) for a DAW track"),
     "bridge-render": ("stemserve.plugin_bridge.render_cli", "render a file through the bridge as a DAW would"),
+    "plugin": ("stemserve.plugin_bridge.plugin_cli", "build the native LV2 plugin and install it (~/.lv2)"),
     "batch": ("stemserve.server.batch_cli", "separate a folder of audio files (a catalogue) with Ray; resumable"),
     "bench": ("stemserve.bench.cli", "run the benchmarks"),
 }

@@ -269,3 +269,36 @@ def test_jalv_impulse_at_reported_latency_target_change_and_server_restart(lv2_p
 
 def reported_once(log: str, total: int) -> bool:
     return lv2_hosts.reported_latency(log) == total
+
+
+def test_stemserve_plugin_install_puts_a_bundle_hosts_find(lv2_path: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.plugin_bridge.servers import ROOT
+
+    prefix = tmp_path / "lv2"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stemserve.server.cli",
+            "plugin",
+            "install",
+            "--prefix",
+            str(prefix),
+            "--build-dir",
+            str(lv2_hosts.BUILD),  # the module's build: installing needs no rebuild
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    bundle = prefix / "stemserve.lv2"
+    assert sorted(p.name for p in bundle.iterdir()) == ["manifest.ttl", "stemserve.so", "stemserve.ttl"]
+    listed = subprocess.run(
+        ["lv2file", "-l"], env={"LV2_PATH": str(prefix), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True
+    )
+    assert lv2_hosts.STEREO in listed.stdout and lv2_hosts.MONO in listed.stdout, listed.stdout + listed.stderr
