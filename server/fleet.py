@@ -41,13 +41,14 @@ DEFAULT_UPSTREAM = "stemserve"
 def upstream_block(name: str, servers: Sequence[str], serving: set[str]) -> str:
     """The nginx ``upstream`` block of ``servers``; those not in ``serving`` are marked ``down``.
 
-    ``least_conn``: without upstream keepalive nginx opens one upstream connection per
-    gRPC call, so a server's open connections are its open sessions and file jobs.
+    Round robin (nginx's default), not ``least_conn``: a full server refuses a session
+    at once, so its connection closes and ``least_conn`` would see it as the least
+    loaded and hand it every retry; round robin hands the retry to the next server.
     ``max_fails=1 fail_timeout=5s``: a server that refuses connections (stopped, or
     draining: its listener closes at once) is skipped for 5 s and the call goes to the
     next one (``grpc_next_upstream error``), before the watcher's next look.
     """
-    lines = [f"upstream {name} {{", "    least_conn;"]
+    lines = [f"upstream {name} {{"]
     for address in servers:
         down = "" if address in serving else " down"
         lines.append(f"    server {address} max_fails=1 fail_timeout=5s{down};")

@@ -88,6 +88,22 @@ http {{
                 self.proc.wait(5)
 
 
+def start_server(port: int, log: Path, max_sessions: int | None = None) -> subprocess.Popen[bytes]:
+    """``tests.deploy.fleet_server`` on ``port``; returns once it listens (it may still be warming up)."""
+    command = [sys.executable, "-m", "tests.deploy.fleet_server", "--port", str(port)]
+    if max_sessions is not None:
+        command += ["--max-sessions", str(max_sessions)]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    try:
+        wait_for(lambda: proc.poll() is not None or "stemserve listening" in log.read_text(), 120, "server start")
+    except AssertionError:
+        stop_process(proc, signal.SIGKILL)
+        raise
+    if proc.poll() is not None:
+        raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+    return proc
+
+
 def start_watcher(servers: list[str], upstream_file: Path, pid_file: Path, log: Path) -> subprocess.Popen[bytes]:
     """``python -m stemserve.server.fleet`` for ``servers``; returns once it has written the upstream file."""
     proc = subprocess.Popen(

@@ -10,6 +10,7 @@ one retried by ``stemserve separate``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -29,8 +30,8 @@ from stemserve.plugin_bridge.bridge import Bridge, BridgeSettings
 from stemserve.protos import stemserve_pb2 as pb
 from stemserve.protos import stemserve_pb2_grpc as pb_grpc
 
-from tests.deploy.fleet import ROOT, Nginx, serving, start_watcher, stop_process, wait_for
-from tests.plugin_bridge.servers import CHANNELS, RATE, free_port, start_process
+from tests.deploy.fleet import ROOT, Nginx, serving, start_server, start_watcher, stop_process, wait_for
+from tests.plugin_bridge.servers import CHANNELS, RATE, free_port
 
 BRIDGES = 8
 BLOCK = 1024
@@ -51,21 +52,22 @@ class Fleet:
     upstream_file: Path
 
 
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    ports = [free_port(), free_port()]
+@contextlib.contextmanager
+def running_fleet(folder: Path, max_sessions: list[int | None]) -> Iterator[Fleet]:
+    """One tiny server per entry of ``max_sessions`` (its real-time session limit), nginx and the watcher."""
+    ports = [free_port() for _ in max_sessions]
     servers: list[subprocess.Popen[bytes]] = []
     watcher = nginx = None
     try:
-        for port in ports:
-            servers.append(start_process(port, tmp_path / f"server-{port}.log"))
+        for port, limit in zip(ports, max_sessions, strict=True):
+            servers.append(start_server(port, folder / f"server-{port}.log", limit))
         addresses = [f"127.0.0.1:{p}" for p in ports]
-        upstream = tmp_path / "upstream.conf"
-        nginx = Nginx(tmp_path, free_port(), upstream)
-        watcher = start_watcher(addresses, upstream, nginx.pid_file, tmp_path / "watcher.log")
+        upstream = folder / "upstream.conf"
+        nginx = Nginx(folder, free_port(), upstream)
+        watcher = start_watcher(addresses, upstream, nginx.pid_file, folder / "watcher.log")
         nginx.start()
-        wait_for(lambda: all(serving(a) for a in addresses), 60, "both servers SERVING")
-        wait_for(lambda: " down;" not in upstream.read_text(), 10, "both servers in the upstream")
+        wait_for(lambda: all(serving(a) for a in addresses), 60, "every server SERVING")
+        wait_for(lambda: " down;" not in upstream.read_text(), 10, "every server in the upstream")
         wait_for(lambda: serving(f"127.0.0.1:{nginx.port}"), 10, "health through the proxy")
         yield Fleet(servers, addresses, f"127.0.0.1:{nginx.port}", upstream)
     finally:
@@ -75,6 +77,12 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
             stop_process(watcher)
         if nginx is not None:
             nginx.stop()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    with running_fleet(tmp_path, [None, None]) as running:
+        yield running
 
 
 def get_stats(address: str) -> pb.GetStatsResponse:
@@ -147,7 +155,7 @@ def test_graceful_stop_moves_sessions_and_file_jobs_to_the_other_server(
             bridges.append(bridge)
             assert bridge.start(wait_s=30) is not None, f"bridge {i} did not connect through the proxy"
         per_server = [get_stats(a).sessions for a in fleet.addresses]
-        assert sum(per_server) == BRIDGES and min(per_server) >= BRIDGES // 2 - 1, per_server  # least_conn spreads
+        assert sorted(per_server) == [BRIDGES // 2, BRIDGES // 2], per_server  # round robin spreads
 
         for bridge in bridges:
             audio = (0.3 * rng.standard_normal((CHANNELS, RATE * MAX_SECONDS))).astype(np.float32)
@@ -236,3 +244,36 @@ def test_graceful_stop_moves_sessions_and_file_jobs_to_the_other_server(
         for stem in ("speech", "noise"):
             got, _ = sf.read(tmp_path / f"stems-{j}" / f"{stem}.wav", dtype="int16")
             assert np.array_equal(got, source), f"job {j} stem {stem} is not the input"
+
+
+@pytest.mark.slow
+def test_a_full_server_refuses_and_the_retry_through_the_proxy_lands_on_another(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="stemserve.plugin_bridge.stream")
+    limit, count = 2, 6
+    bridges: list[Bridge] = []
+    with running_fleet(tmp_path, [limit, None]) as fleet:
+        try:
+            for i in range(count):
+                settings = BridgeSettings(
+                    fleet.proxy, "ident", RATE, CHANNELS, client_name=f"track-{i}", backoff_max_s=0.5
+                )
+                bridges.append(Bridge(settings))
+                started = time.monotonic()
+                assert bridges[-1].start(wait_s=10) is not None, f"bridge {i} found no server with room"
+                assert time.monotonic() - started < 5.0
+            per_server = [get_stats(a).sessions for a in fleet.addresses]
+            # Round robin offers the full server every other open; its refusals were retried elsewhere.
+            assert per_server == [limit, count - limit], per_server
+            refused = [r.getMessage() for r in caplog.records if "RESOURCE_EXHAUSTED" in r.getMessage()]
+            assert refused, "no open was refused: the full server was never offered one"
+            assert sum(b.stats()["connect_failures"] for b in bridges) >= len(refused)
+            audio = np.ones((CHANNELS, 4096), np.float32)
+            for bridge in bridges:  # every session streams
+                bridge.process(audio)
+                assert bridge.stats()["blocks_received"] > 0
+        finally:
+            for bridge in bridges:
+                bridge.stop()
+    print(f"fleet admission: sessions {per_server}, {len(refused)} refused opens retried: {refused[0]}")

@@ -1,0 +1,37 @@
+"""``python -m tests.deploy.fleet_server --port P [--max-sessions N]``: a tiny-model server (the
+``ident`` passthrough of tests/plugin_bridge/servers.py) with a real-time session limit, so a
+fleet test can fill one server and watch its refusals go elsewhere. SIGTERM drains it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from stemserve.server.engine import Engine, EngineConfig
+
+from tests.plugin_bridge.servers import CHANNELS, RATE
+from tests.server.engine.tiny_models import TinyCausalConfig, TinyCausalNet
+
+
+def main() -> None:
+    import torch
+    from stemserve.server.app import App, ServerConfig
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--max-sessions", type=int, default=None, help="real-time sessions, at most")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(1)
+    # Admission by measured device time is off (this shared machine's speed varies): only the count limits.
+    config = EngineConfig(device="cpu", max_batch=8, realtime_capacity=float("inf"), max_sessions=args.max_sessions)
+    engine = Engine(config)
+    engine.load_model(
+        "ident", model=TinyCausalNet(TinyCausalConfig(sample_rate=RATE, channels=CHANNELS, identity=True))
+    )
+    asyncio.run(App(ServerConfig(host="127.0.0.1", port=args.port, grace_seconds=0.5), engine).run_until_signal())
+
+
+if __name__ == "__main__":
+    main()
