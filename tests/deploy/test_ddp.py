@@ -109,6 +109,7 @@ def test_two_gloo_processes_train_as_one_process_with_the_global_batch(tmp_path:
     (step_single, weights_single), (step_ddp, weights_ddp) = _last_weights(single), _last_weights(ddp)
     assert step_single == step_ddp == STEPS
     difference = _max_difference(weights_single, weights_ddp)
+    print(f"ddp: max |one process - two| = {difference:.3g} after {STEPS} steps")
     assert difference < TOLERANCE, f"DDP weights differ from one process's by {difference:.3g}"
     # ...and training moved the weights far more than that (the comparison is not vacuous).
     torch.manual_seed(0)  # train() seeds with --seed (0) right before it builds the model
