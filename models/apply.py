@@ -416,6 +416,56 @@ def plan_for(
     )
 
 
+def file_plan(
+    description: ModelDescription,
+    *,
+    window_hop: int | None = None,
+    weighting: Weighting | None = None,
+    segment: int | None = None,
+    causal_hop: int | None = None,
+    unbounded_context_s: float = DEFAULT_UNBOUNDED_CONTEXT_S,
+    causal_cached: bool | None = None,
+    cached_step_s: float = DEFAULT_CACHED_STEP_S,
+) -> Plan:
+    """The throughput plan for file jobs, whose latency nobody hears.
+
+    Spectrogram models: windows of ``W = window_frames`` frames every ``W // 2``
+    frames. Non-causal: lookahead ``W // 4`` and weight 1 on the centre half
+    (``"hard"``), so each frame's estimate has a quarter window of context on
+    each side and every frame is computed twice (the live plan, held under its
+    latency budget, computes each about nine times). Causal: lookahead 0, each
+    frame from the window where it is among the last half. ``weighting="taper"``
+    cross-fades over ``2 * hop`` instead. Waveform models keep their own plan
+    (:func:`plan_for` without a latency budget): a chunk's length is what the
+    model was trained on, and a causal model's file stream steps as its
+    streamer decides (:meth:`server.engine.causal.CausalStreamer.offline_hop`).
+    """
+    d = description
+    if d.domain != "spectrogram":
+        return plan_for(
+            d,
+            window_hop=window_hop,
+            weighting=weighting,
+            segment=segment,
+            causal_hop=causal_hop,
+            max_latency_s=None,
+            unbounded_context_s=unbounded_context_s,
+            causal_cached=causal_cached,
+            cached_step_s=cached_step_s,
+        )
+    assert d.window_frames is not None and d.n_fft is not None and d.hop_length is not None
+    size = d.window_frames
+    hop = window_hop or max(1, size // 2)
+    chosen: Weighting = weighting or "hard"
+    if d.causal:
+        lookahead = 0
+    elif chosen == "hard":
+        lookahead = max(0, (size - hop) // 2)  # the used hop sits in the middle of the window
+    else:
+        lookahead = max(0, (size - 2 * hop) // 2)  # the cross-fade (2 * hop) sits in the middle
+    return WindowPlan(size, hop, min(lookahead, size - hop), chosen, d.n_fft, d.hop_length)
+
+
 class OverlapAdd:
     """Weighted overlap-add of window estimates, one window at a time, in order.
 

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -40,15 +39,18 @@ from stemserve.protos import stemserve_pb2_grpc as pb_grpc
 from stemserve.server import pcm
 from stemserve.server.engine import errors
 from stemserve.server.engine.engine import Engine, ModelInfo
-from stemserve.server.engine.session import BlockResult, LatencyParts, LatencyTrim
+from stemserve.server.engine.session import BlockResult, LatencyParts
 
 log = logging.getLogger(__name__)
 
 # Answers a Stream may have outstanding before its reader stops taking requests
 # (back-pressure on a client that sends faster than the model runs).
 STREAM_WINDOW = 64
-# Blocks a Separate keeps in flight (bounded memory whatever the file's length).
-SEPARATE_WINDOW = 2
+# Largest Separate answer: gRPC clients' default receive limit is 4 MiB (grpc-js, grpc-java,
+# Python, Go); 1 MiB leaves room under any of them whatever the client sends.
+REPLY_LIMIT_BYTES = 1024 * 1024
+# Room for a StemChunk's fields and each stem's name and length prefixes (tens of bytes in practice).
+REPLY_OVERHEAD_BYTES = 4096
 
 # (session id, event, values): "opened" {latency}, "status" {code, message}, "closed" {}
 Listener = Callable[[str, str, Mapping[str, Any]], None]
@@ -344,11 +346,12 @@ class SeparationServicer(pb_grpc.SeparationServicer):
     async def Separate(  # noqa: N802 (gRPC method names)
         self, request_iterator: AsyncIterator[pb.SeparateRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.SeparateResponse]:
-        """Whole-file separation through an offline (low-priority) session.
+        """Whole-file separation: decode the audio, run :meth:`Engine.separate_file`, encode its chunks.
 
-        The session's output is delayed by its latency L: the first L output
-        frames are dropped and a final flush returns the last L, so chunks come
-        back aligned with the input and exactly as long.
+        The file path is the engine's (its throughput plan, or the model's own whole-signal
+        method); this method only collects the client's PCM (held whole: about 10 MB per
+        minute of 44.1 kHz stereo) and answers in StemChunks of at most ``REPLY_LIMIT_BYTES``
+        each, whatever chunking the client sent (see docs/server.md, "Reply sizes").
         """
         await self._require_ready(context)
         requests = aiter(request_iterator)
@@ -357,66 +360,71 @@ class SeparationServicer(pb_grpc.SeparationServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of Separate must be `start`")
         assert first is not None
         start = first.start
-        try:
-            info = self.engine.open_session(
-                start.model,
-                sample_rate=start.sample_rate,
-                channels=start.channels,
-                params={"stems": list(start.stems)} if start.stems else None,
-                realtime=False,
-                name=f"separate:{context.peer()}",
-            )
+        try:  # what can be checked before the audio arrives
+            names = list(self.engine.file_stems(start.model, list(start.stems), start.sample_rate, start.channels))
         except errors.EngineError as err:
             await abort_for(context, err)
-        names = list(info.stems)
-        # Frames per answer so that every stem of it fits in one message (with room for framing).
-        max_frames = max(1, (self._max_message_bytes - 4096) // (4 * start.channels * len(names)))
-        total = start.total_frames
-        take = LatencyTrim(info.latency.total)
-        done = seq = received = 0
-        in_flight: deque[Future[BlockResult]] = deque()
-
-        try:
-            yield pb.SeparateResponse(
-                started=pb.SeparateStarted(stems=names, sample_rate=start.sample_rate, channels=start.channels)
-            )
-            async for request in requests:
-                try:
-                    if request.WhichOneof("kind") != "pcm":
-                        raise errors.InvalidParameterError("expected audio (`pcm`) after `start`")
-                    audio = pcm.decode(request.pcm, start.channels)
-                    if audio.shape[1] == 0:
-                        continue
-                    in_flight.append(self.engine.submit(info.id, seq, audio))
-                    seq += 1
-                    received += audio.shape[1]
-                    while len(in_flight) > SEPARATE_WINDOW:
-                        stems = take((await asyncio.wrap_future(in_flight.popleft())).stems)
-                        for message in chunk_messages(done, stems, names, max_frames):
-                            yield message
-                        done += stems.shape[-1]
-                        yield pb.SeparateResponse(progress=pb.Progress(frames_done=done, total_frames=total))
-                except (errors.EngineError, pcm.PcmError) as err:
-                    await abort_for(context, err)
+        max_frames = reply_frames(min(self._max_message_bytes, REPLY_LIMIT_BYTES), start.channels, len(names))
+        yield pb.SeparateResponse(
+            started=pb.SeparateStarted(stems=names, sample_rate=start.sample_rate, channels=start.channels)
+        )
+        pieces: list[np.ndarray] = []
+        async for request in requests:
             try:
-                while in_flight:
-                    stems = take((await asyncio.wrap_future(in_flight.popleft())).stems)
-                    for message in chunk_messages(done, stems, names, max_frames):
-                        yield message
-                    done += stems.shape[-1]
-                tail = (await asyncio.wrap_future(self.engine.flush(info.id, seq))).stems
-            except errors.EngineError as err:
+                if request.WhichOneof("kind") != "pcm":
+                    raise errors.InvalidParameterError("expected audio (`pcm`) after `start`")
+                pieces.append(pcm.decode(request.pcm, start.channels))
+            except (errors.EngineError, pcm.PcmError) as err:
                 await abort_for(context, err)
-            # The tail holds the estimates of the last L input frames.
-            stems = take(tail)[..., : received - done]
-            for message in chunk_messages(done, stems, names, max_frames):
-                yield message
-            done += stems.shape[-1]
-            yield pb.SeparateResponse(progress=pb.Progress(frames_done=done, total_frames=total or done))
-        finally:
-            for future in in_flight:
-                future.cancel()
-            self.engine.close(info.id)
+        audio = np.concatenate(pieces, axis=1) if pieces else np.zeros((start.channels, 0), np.float32)
+        total = audio.shape[1]
+        done = 0
+        try:
+            async for position, stems in file_chunks(
+                self.engine, start.model, audio, start.sample_rate, list(start.stems) or None
+            ):
+                for message in chunk_messages(position, stems, names, max_frames):
+                    yield message
+                done = position + stems.shape[-1]
+                yield pb.SeparateResponse(progress=pb.Progress(frames_done=done, total_frames=start.total_frames))
+        except errors.EngineError as err:
+            await abort_for(context, err)
+        yield pb.SeparateResponse(progress=pb.Progress(frames_done=done, total_frames=start.total_frames or total))
+
+
+async def file_chunks(
+    engine: Engine, model: str, audio: np.ndarray, sample_rate: int, stems: list[str] | None
+) -> AsyncIterator[tuple[int, np.ndarray]]:
+    """:meth:`Engine.separate_file`'s ``(start, (S, C, n))`` chunks, each computed off the event loop.
+
+    If the caller stops early (the client cancelled), the file job is closed as soon as the
+    chunk being computed is done (a generator cannot be closed while it runs).
+    """
+    if audio.shape[1] == 0:
+        engine.file_stems(model, stems or [], sample_rate, audio.shape[0])  # the same errors as a non-empty file
+        return
+    jobs = engine.separate_file(model, audio, sample_rate, stems)
+    loop = asyncio.get_running_loop()
+    running: asyncio.Future[tuple[int, np.ndarray] | None] | None = None
+    try:
+        while True:
+            running = loop.run_in_executor(None, next, jobs, None)
+            item = await running
+            running = None
+            if item is None:
+                return
+            yield item
+    finally:
+        if running is not None and not running.done():
+            running.add_done_callback(lambda _: jobs.close())
+        else:
+            jobs.close()
+
+
+def reply_frames(limit_bytes: int, channels: int, stems: int) -> int:
+    """Frames per StemChunk so that the message (``stems`` x ``channels`` float32 PCM plus its
+    framing, at most ``REPLY_OVERHEAD_BYTES``) stays within ``limit_bytes``."""
+    return max(1, (limit_bytes - REPLY_OVERHEAD_BYTES) // (4 * max(1, channels) * max(1, stems)))
 
 
 def stem_block(seq: int, position: int, result: BlockResult, return_stems: bool) -> pb.StemBlock:

@@ -43,11 +43,12 @@ from stemserve.models.apply import (
     Plan,
     Weighting,
     WindowPlan,
+    file_plan,
     plan_for,
 )
 from stemserve.models.base import Separator
 from stemserve.models.description import ModelDescription
-from stemserve.server.engine.batcher import SpectrogramStreamer, default_batch_sizes
+from stemserve.server.engine.batcher import default_batch_sizes
 from stemserve.server.engine.causal import CausalStreamer
 from stemserve.server.engine.chunked import ChunkedOverlap
 from stemserve.server.engine.errors import (
@@ -70,10 +71,14 @@ from stemserve.server.engine.session import (
     SessionInfo,
     SessionParams,
 )
+from stemserve.server.engine.spectrogram import SpectrogramStreamer
 from stemserve.server.engine.stats import BlockStats
 from stemserve.server.engine.work import Streamer
 
 log = logging.getLogger(__name__)
+
+
+FILE_PLANS = ("throughput", "live")
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,10 @@ class EngineConfig:
             step recomputes this much, and streams longer than it only approximate
             the offline output.
         file_chunk_s: block length :meth:`Engine.separate_file` feeds.
+        file_plan: how file jobs tile a spectrogram model's signal: ``throughput`` (the default,
+            :func:`models.apply.file_plan`: windows every half window, centred) or ``live`` (the
+            real-time sessions' plan, as before).
+        file_window_hop / file_weighting: overrides of the throughput plan.
     """
 
     device: str = "auto"
@@ -130,6 +139,13 @@ class EngineConfig:
     causal_hop: int | None = None
     causal_context_s: float = DEFAULT_UNBOUNDED_CONTEXT_S
     file_chunk_s: float = 1.0
+    file_plan: str = "throughput"
+    file_window_hop: int | None = None
+    file_weighting: Weighting | None = None
+
+    def __post_init__(self) -> None:
+        if self.file_plan not in FILE_PLANS:
+            raise ValueError(f"file_plan must be one of {', '.join(FILE_PLANS)}, got {self.file_plan!r}")
 
 
 @dataclass(frozen=True)
@@ -139,6 +155,7 @@ class ModelInfo:
     Attributes:
         latency: a session's L at the model's own rate (no resampling), in parts.
         plan: the streaming plan (window / causal step / chunk), as a plain dict.
+        file_plan: the plan file jobs follow (``plan`` unless the model has a throughput plan).
     """
 
     name: str
@@ -147,6 +164,7 @@ class ModelInfo:
     plan: dict[str, Any]
     device: str
     ready: bool
+    file_plan: dict[str, Any] | None = None
 
 
 def default_plan(description: ModelDescription, config: EngineConfig, device: torch.device) -> Plan:
@@ -166,12 +184,24 @@ def default_plan(description: ModelDescription, config: EngineConfig, device: to
     )
 
 
-def make_streamer(description: ModelDescription, plan: Plan) -> Streamer:
-    """The streaming strategy for a model: window batcher, causal streamer or chunked overlap."""
+def default_file_plan(description: ModelDescription, config: EngineConfig, live: Plan) -> Plan:
+    """The plan a model's file jobs follow: :func:`models.apply.file_plan` (``config.file_plan ==
+    "throughput"``) or the live plan. Only spectrogram models have a file plan of their own here;
+    waveform families choose their file steps in their streamers, and models with a whole-signal
+    file method bypass streaming altogether (:meth:`Engine.separate_file`)."""
+    if config.file_plan == "live" or description.domain != "spectrogram":
+        return live
+    return file_plan(description, window_hop=config.file_window_hop, weighting=config.file_weighting)
+
+
+def make_streamer(description: ModelDescription, plan: Plan, file: Plan | None = None) -> Streamer:
+    """The streaming strategy for a model: spectrogram windows, causal steps or waveform chunks.
+
+    ``file``: the plan of file jobs' streams (spectrogram models; default ``plan``)."""
     if description.domain == "spectrogram":
-        if not isinstance(plan, WindowPlan):
+        if not isinstance(plan, WindowPlan) or not isinstance(file or plan, WindowPlan):
             raise ValueError("spectrogram models need a WindowPlan")
-        return SpectrogramStreamer(description, plan)
+        return SpectrogramStreamer(description, plan, file if isinstance(file, WindowPlan) else None)
     if description.causal:
         if isinstance(plan, WindowPlan):
             raise ValueError("causal waveform models need a CausalPlan")
@@ -179,6 +209,13 @@ def make_streamer(description: ModelDescription, plan: Plan) -> Streamer:
     if not isinstance(plan, WindowPlan):
         raise ValueError("non-causal waveform models need a WindowPlan in samples")
     return ChunkedOverlap(description, plan)
+
+
+def stream_plan(streamer: Streamer, realtime: bool = False) -> dict[str, Any]:
+    """The plan a streamer's real-time (``realtime``) or file streams follow, as a plain dict."""
+    if isinstance(streamer, SpectrogramStreamer):
+        return streamer.plan_for(realtime).describe()
+    return streamer.plan.describe()
 
 
 class Engine:
@@ -231,7 +268,8 @@ class Engine:
             d = loaded.description
             c = self.config
             chosen = plan or default_plan(d, self.config, loaded.device)
-            streamer = make_streamer(d, chosen)
+            # File jobs' plan: the throughput plan unless the caller chose the plan or config says live.
+            streamer = make_streamer(d, chosen, None if plan is not None else default_file_plan(d, c, chosen))
             batch_sizes = (
                 c.batch_sizes if c.batch_sizes is not None else default_batch_sizes(c.max_batch, loaded.device)
             )
@@ -249,7 +287,13 @@ class Engine:
                 on_closed=self._forget,
             )
             self._schedulers[name] = scheduler
-            log.info("model %s: %s plan %s", name, type(streamer).__name__, chosen.describe())
+            log.info(
+                "model %s: %s plan %s, file plan %s",
+                name,
+                type(streamer).__name__,
+                chosen.describe(),
+                stream_plan(streamer),
+            )
         if warm_up:
             scheduler.warm_up()
         scheduler.start()
@@ -280,6 +324,7 @@ class Engine:
             plan=scheduler.streamer.plan.describe(),
             device=str(scheduler.model.device),
             ready=scheduler.model.ready,
+            file_plan=stream_plan(scheduler.streamer),
         )
 
     def _scheduler(self, name: str) -> ModelScheduler:
@@ -345,7 +390,7 @@ class Engine:
         scheduler.add(session)  # admission
         with self._lock:
             self._sessions[session_id] = session
-        info = session.info(scheduler.streamer.plan.describe())
+        info = session.info(stream_plan(scheduler.streamer, realtime))
         log.info(
             "session %s (%s) on %s: %d Hz x %d, stems %s, latency %s",
             session_id,
@@ -380,7 +425,7 @@ class Engine:
 
     def session_info(self, session_id: str) -> SessionInfo:
         session = self._session(session_id)
-        return session.info(session.streamer.plan.describe())
+        return session.info(stream_plan(session.streamer, session.realtime))
 
     def session_latency(self, session_id: str) -> LatencyParts:
         return self._session(session_id).latency
@@ -483,6 +528,15 @@ class Engine:
 
     # ------------------------------------------------------------------ files
 
+    def file_stems(self, model: str, stems: Sequence[str] | None, sample_rate: int, channels: int) -> tuple[str, ...]:
+        """The stems a file job with these arguments returns, in order; raises what
+        :meth:`separate_file` would (unknown model, rate, channels, stems) before any audio is read."""
+        info = self.open_session(
+            model, sample_rate, channels, {"stems": list(stems)} if stems else None, realtime=False
+        )
+        self.close(info.id)
+        return info.stems
+
     def separate_file(
         self,
         model: str,
@@ -494,8 +548,16 @@ class Engine:
         """Separate a whole signal at low priority, yielding ``(start, (S, C, n) stems)`` chunks.
 
         Chunks are aligned with the input (the latency is removed) and together
-        exactly as long. At most two blocks are in flight, so memory stays
-        bounded by ``file_chunk_s`` whatever the file's length.
+        exactly as long. This is the one path of file jobs (``Separate``,
+        ``stemserve separate``, the embedded server); the plan is chosen here:
+
+        1. a model with a whole-signal file method (:mod:`server.engine.whole`)
+           separates the whole signal its own way;
+        2. otherwise the job streams through an offline session, whose stream follows
+           the model's file plan (:func:`default_file_plan`: the throughput plan of
+           :func:`models.apply.file_plan` for spectrogram models, ``file_plan="live"``
+           for the real-time plan; longer steps for cached causal models). At most two
+           blocks are in flight, so memory stays bounded by ``file_chunk_s``.
 
         Args:
             wav: ``(C, T)`` float samples at ``sample_rate``.

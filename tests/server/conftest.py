@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from stemserve.models import registry
-from stemserve.models.apply import separate_signal
+from stemserve.models.apply import file_plan, separate_signal
 from stemserve.models.checkpoint import load_model, save_checkpoint
 from stemserve.protos import stemserve_pb2 as pb
 from stemserve.protos import stemserve_pb2_grpc as pb_grpc
@@ -83,11 +83,13 @@ def stub(server: EmbeddedServer) -> Iterator[pb_grpc.SeparationStub]:
         yield pb_grpc.SeparationStub(channel)
 
 
-def offline(checkpoint: str, signal: np.ndarray, target: int | None = None) -> np.ndarray:
-    """``(S, C, T)`` offline separation of ``signal (C, T)`` by the checkpoint's model."""
+def offline(checkpoint: str, signal: np.ndarray, target: int | None = None, file: bool = False) -> np.ndarray:
+    """``(S, C, T)`` offline separation of ``signal (C, T)`` by the checkpoint's model: the live
+    plan's reference (what a Stream session reproduces), or with ``file`` the file plan's (Separate)."""
     model = load_model(checkpoint).eval()
+    plan = file_plan(model.describe()) if file else None
     with torch.inference_mode():
-        return separate_signal(model, torch.from_numpy(signal), target=target).numpy()
+        return separate_signal(model, torch.from_numpy(signal), target=target, plan=plan).numpy()
 
 
 def noise(seconds: float, channels: int = 1, seed: int = 0) -> np.ndarray:

@@ -39,7 +39,7 @@ def test_separate_of_a_file_equals_offline_separation(
             path, tmp_path / "out", "multi", ["bass", "vocals"], lambda d, t: progress.append((d, t))
         )
     assert list(written) == ["bass", "vocals"]
-    ref = offline(checkpoints["multi"], audio)
+    ref = offline(checkpoints["multi"], audio, file=True)
     for name, index in (("bass", 2), ("vocals", 0)):
         stem, rate = sf.read(written[name], dtype="float32", always_2d=True)
         assert rate == RATE
@@ -56,7 +56,7 @@ def test_separate_array_with_tiny_chunks_and_a_short_signal(
         for seconds, chunk in ((0.5, 777), (0.004, 10)):  # the second is shorter than the latency
             audio = noise(seconds, seed=5)
             stems = client.separate_array(audio, RATE, "conditioned", ["drums"], chunk_frames=chunk)
-            ref = offline(checkpoints["conditioned"], audio, target=1)[0]
+            ref = offline(checkpoints["conditioned"], audio, target=1, file=True)[0]
             assert stems["drums"].shape == audio.shape
             assert np.abs(stems["drums"] - ref).max() <= TOLERANCE
 

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from stemserve.models.apply import separate_signal
+from stemserve.models.apply import file_plan, separate_signal
 from stemserve.server.engine import AdmissionError
 from stemserve.server.engine.batcher import WindowBatcher, WorkItem
 from stemserve.server.engine.pool import LoadedModel
@@ -122,7 +122,8 @@ def test_separate_file_is_the_offline_reference_and_runs_where_realtime_is_refus
         chunks = list(engine.separate_file("m", x, 16000, ["bass", "vocals"], lambda d, t: progress.append((d, t))))
         assert [start for start, _ in chunks] == list(np.cumsum([0] + [c.shape[-1] for _, c in chunks[:-1]]))
         got = np.concatenate([c for _, c in chunks], axis=-1)
-        reference = separate_signal(model, torch.from_numpy(x)).numpy()[[2, 0]]
+        plan = file_plan(model.describe())  # file jobs follow the throughput plan
+        reference = separate_signal(model, torch.from_numpy(x), plan=plan).numpy()[[2, 0]]
         assert got.shape == (2, 2, 5000)
         np.testing.assert_allclose(got, reference, atol=1e-4)
         assert progress[-1] == (5000, 5000)
