@@ -48,6 +48,7 @@ from stemserve.models.apply import (
 )
 from stemserve.models.base import Separator
 from stemserve.models.description import ModelDescription
+from stemserve.server.engine import whole
 from stemserve.server.engine.batcher import default_batch_sizes
 from stemserve.server.engine.causal import CausalStreamer
 from stemserve.server.engine.chunked import ChunkedOverlap
@@ -572,6 +573,16 @@ class Engine:
             model, sample_rate, audio.shape[0], {"stems": list(stems)} if stems else None, realtime=False
         )
         chunk = max(1, int(self.config.file_chunk_s * sample_rate))
+        loaded = self._scheduler(model).model
+        if whole.applies(loaded, total, sample_rate):  # the model's own file semantics (server/engine/whole.py)
+            try:
+                indices = [loaded.description.sources.index(s) for s in self.session_sources(info.id)]
+                out = whole.separate_whole(loaded, audio, sample_rate, indices, progress_cb)
+            finally:
+                self.close(info.id)
+            for start in range(0, total, chunk):
+                yield start, out[..., start : start + chunk]
+            return
         trim = LatencyTrim(info.latency.total)
         done = 0
         try:
