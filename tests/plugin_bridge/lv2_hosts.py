@@ -133,3 +133,69 @@ def stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeou
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout)
+
+
+# -- Ardour 7 headless (Debian's ardour: ardour7-lua and ardour7-export) ---------------------------
+# Headless Ardour has no import (that is the editor's), so the session gets its audio by recording:
+# ARDOUR_CREATE records a take of ARDOUR_TEST_SECONDS on a stereo track with the "None (Dummy)"
+# backend; the test then writes its test audio over the take's two mono files (same length, same
+# float WAV format), so the track's region is the test audio sample for sample.
+ARDOUR_CREATE = """
+local dir = os.getenv("ARDOUR_TEST_SESSION")
+local seconds = tonumber(os.getenv("ARDOUR_TEST_SECONDS"))
+AudioEngine:set_backend("None (Dummy)", "", "")
+local s = create_session(dir, "t", 48000)
+assert(s, "no session")
+local order = ARDOUR.PresentationInfo.max_order
+local tracks = s:new_audio_track(2, 2, nil, 1, "track", order, ARDOUR.TrackMode.Normal, true)
+local track = tracks:front()
+track:rec_enable_control():set_value(1, PBD.GroupControlDisposition.NoGroup)
+s:maybe_enable_record(false)
+s:request_roll(ARDOUR.TransportRequestSource.TRS_UI)
+ARDOUR.LuaAPI.usleep(math.floor(seconds * 1000000))
+s:request_stop(false, false, ARDOUR.TransportRequestSource.TRS_UI)
+ARDOUR.LuaAPI.usleep(500000)
+print("REGIONS " .. track:playlist():region_list():size())
+s:save_state("", false, false, false, false, false)
+close_session()
+"""
+
+# Inserts the plugin first on the track and sets `target` (control 0), then saves the session.
+ARDOUR_INSERT = """
+local dir = os.getenv("ARDOUR_TEST_SESSION")
+local target = tonumber(os.getenv("ARDOUR_TEST_TARGET"))
+AudioEngine:set_backend("None (Dummy)", "", "")
+local s = load_session(dir, "t")
+assert(s, "cannot load the session")
+local track = s:route_by_name("track")
+assert(not track:isnil(), "no track")
+local p = ARDOUR.LuaAPI.new_plugin(s, "urn:stemserve:lv2:stereo", ARDOUR.PluginType.LV2, "")
+assert(not p:isnil(), "the plugin did not load")
+assert(track:add_processor_by_index(p, 0, nil, true) == 0, "cannot insert the plugin")
+assert(ARDOUR.LuaAPI.set_processor_param(p, 0, target), "cannot set target")
+print("TARGET " .. ARDOUR.LuaAPI.get_processor_param(p, 0, true))
+s:save_state("", false, false, false, false, false)
+close_session()
+"""
+
+
+def ardour_lua(script: str, workdir: Path, env: dict[str, str], name: str, marker: str) -> str:
+    """Run a Lua script with ``ardour7-lua``; returns its output. The script's last step prints
+    ``marker``: without it (a failed assert, a crash) this raises with the output."""
+    path = workdir / f"{name}.lua"
+    path.write_text(script)
+    done = subprocess.run(["ardour7-lua", str(path)], env=env, capture_output=True, text=True, timeout=180)
+    out = done.stdout + done.stderr
+    if done.returncode != 0 or marker not in out:
+        raise AssertionError(f"ardour7-lua {name} failed ({done.returncode}):\n{out[-3000:]}")
+    return out
+
+
+def ardour_take_files(session: Path) -> list[Path]:
+    """The recorded take's mono files, left then right."""
+    files = sorted((session / "interchange").glob("*/audiofiles/*.wav"))
+    left = [f for f in files if "%L" in f.name]
+    right = [f for f in files if "%R" in f.name]
+    if len(left) != 1 or len(right) != 1:
+        raise AssertionError(f"expected one stereo take, found {files}")
+    return [left[0], right[0]]

@@ -302,3 +302,79 @@ def test_stemserve_plugin_install_puts_a_bundle_hosts_find(lv2_path: Path, tmp_p
         ["lv2file", "-l"], env={"LV2_PATH": str(prefix), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True
     )
     assert lv2_hosts.STEREO in listed.stdout and lv2_hosts.MONO in listed.stdout, listed.stdout + listed.stderr
+
+
+# -- a real DAW: Ardour 7 headless -------------------------------------------------------------
+
+
+def ardour_export(lv2_path: Path, server_address: str, model: str, target: int, tmp_path: Path) -> tuple:  # type: ignore[type-arg]
+    """Session with the test audio on a stereo track, the plugin inserted with ``target``, exported by
+    ``ardour7-export`` (freewheeling, Ardour's delay compensation on). Returns (audio, export, log)."""
+    import soundfile as sf
+
+    session = tmp_path / "session"
+    env = lv2_hosts.plugin_env(
+        lv2_path,
+        server_address,
+        model,
+        ARDOUR_TEST_SESSION=str(session),
+        ARDOUR_TEST_SECONDS="2",
+        ARDOUR_TEST_TARGET=str(target),
+        HOME=str(tmp_path),  # Ardour's config and caches stay in the test's folder
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
+    )
+    lv2_hosts.ardour_lua(lv2_hosts.ARDOUR_CREATE, tmp_path, env, "create", "REGIONS 1")
+    left, right = lv2_hosts.ardour_take_files(session)
+    frames = sf.info(left).frames
+    audio = noise(frames / RATE, seed=11)[:, :frames]
+    # Silent ends: Ardour's default region fades (64 samples) then change nothing.
+    audio[:, : RATE // 10] = 0.0
+    audio[:, -RATE // 10 :] = 0.0
+    for path, channel in ((left, audio[0]), (right, audio[1])):
+        sf.write(path, channel, RATE, subtype="FLOAT")
+    log = lv2_hosts.ardour_lua(lv2_hosts.ARDOUR_INSERT, tmp_path, env, "insert", f"TARGET {target}")
+    exported = tmp_path / "export.wav"
+    done = subprocess_run(["ardour7-export", "-b", "float", "-o", str(exported), str(session), "t"], env)
+    log += done
+    out, rate = sf.read(exported, dtype="float32", always_2d=True)
+    assert rate == RATE
+    return audio, out.T.copy(), log
+
+
+def subprocess_run(command: list[str], env: dict[str, str]) -> str:
+    import subprocess
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, f"{command[0]} failed ({done.returncode}):\n{out[-3000:]}"
+    return out
+
+
+def test_ardour_export_with_the_plugin_is_the_stem_with_no_shift_left_over(
+    lv2_path: Path, server_address: str, tmp_path: Path
+) -> None:
+    """Ardour exports the track through the plugin (target 0 of ``ident``: both stems, so twice the
+    input) exactly in place: its delay compensation takes the reported latency out, no shift is left.
+
+    The export's head (the first ``latency + 256`` frames) comes out silent: see the strict xfail below.
+    """
+    audio, exported, log = ardour_export(lv2_path, server_address, "ident", 0, tmp_path)
+    total = lv2_hosts.reported_latency(log)
+    expected = 2.0 * audio
+    assert exported.shape == audio.shape
+    head = total + 256
+    np.testing.assert_allclose(exported[:, head:], expected[:, head:], atol=TOLERANCE)
+    # No other alignment fits: a shift by one frame either way is far off.
+    tail = expected.shape[1] - 1
+    for shift in (-1, 1):
+        assert np.abs(exported[:, head + 1 : tail] - expected[:, head + 1 + shift : tail + shift]).max() > 0.1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known: Ardour 7.3's export leaves the first latency + 256 frames of the track silent "
+    "(the plugin counted them as gaps); not yet understood",
+)
+def test_ardour_export_head_is_complete(lv2_path: Path, server_address: str, tmp_path: Path) -> None:
+    audio, exported, _ = ardour_export(lv2_path, server_address, "ident", 1, tmp_path)
+    np.testing.assert_allclose(exported, audio, atol=TOLERANCE)
