@@ -36,6 +36,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 log = logging.getLogger(__name__)
 
 DEFAULT_UPSTREAM = "stemserve"
+# Health checks in a row without an answer (1 s each) before a SERVING server is marked down.
+MISSES_TO_DOWN = 3
 
 
 def upstream_block(name: str, servers: Sequence[str], serving: set[str]) -> str:
@@ -56,17 +58,25 @@ def upstream_block(name: str, servers: Sequence[str], serving: set[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_serving(address: str, timeout: float = 1.0, token: str | None = None) -> bool:
-    """True when ``address``'s health says SERVING; False when it says otherwise or does not answer."""
+def check_health(address: str, timeout: float = 1.0, token: str | None = None) -> bool | None:
+    """True: ``address``'s health says SERVING. False: it says otherwise, or refuses the connection.
+    None: no answer within ``timeout`` (a busy server on a loaded machine, or a network hiccup)."""
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     with grpc.insecure_channel(address) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout, metadata=metadata
             )
-        except grpc.RpcError:
+        except grpc.RpcError as err:
+            if isinstance(err, grpc.Call) and err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return None
             return False
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def check_serving(address: str, timeout: float = 1.0, token: str | None = None) -> bool:
+    """True when ``address``'s health says SERVING within ``timeout``."""
+    return bool(check_health(address, timeout, token))
 
 
 class UpstreamWatcher:
@@ -100,14 +110,28 @@ class UpstreamWatcher:
         self.token = token
         self.serving: set[str] | None = None  # None until the first poll
         self.reloads = 0
+        self.timeout = 1.0
+        self._misses: dict[str, int] = {}
+        self._reload_pending = False
         self._stop = threading.Event()
 
     def poll(self) -> bool:
         """Check every server once; rewrite and reload when the serving set changed. True if it did."""
-        serving = {s for s in self.servers if check_serving(s, min(1.0, self.interval * 2), self.token)}
+        serving = set()
+        for address in self.servers:
+            answer = check_health(address, self.timeout, self.token)
+            # An explicit NOT_SERVING or a refused connection counts at once; a server that
+            # only answered late keeps its state for MISSES_TO_DOWN polls (no flapping under load).
+            self._misses[address] = self._misses.get(address, 0) + 1 if answer is None else 0
+            was_serving = self.serving is not None and address in self.serving
+            if answer or (answer is None and was_serving and self._misses[address] < MISSES_TO_DOWN):
+                serving.add(address)
         if serving == self.serving:
+            if self._reload_pending:
+                self.reload()
             return False
         self.write(serving)
+        self._reload_pending = True
         self.reload()
         log.info("serving: %s (down: %s)", sorted(serving) or "none", sorted(set(self.servers) - serving) or "none")
         self.serving = serving
@@ -119,10 +143,17 @@ class UpstreamWatcher:
         tmp.replace(self.upstream_file)  # nginx never reads half a file
 
     def reload(self) -> None:
-        if self.nginx_pid_file is None or not self.nginx_pid_file.is_file():
+        """SIGHUP nginx; when it cannot be signalled yet (starting, restarting), the next poll tries again."""
+        if self.nginx_pid_file is None:
+            self._reload_pending = False
             return
-        pid = int(self.nginx_pid_file.read_text().split()[0])
-        os.kill(pid, signal.SIGHUP)
+        try:
+            pid = int(self.nginx_pid_file.read_text().split()[0])
+            os.kill(pid, signal.SIGHUP)
+        except (OSError, ValueError, IndexError) as err:  # no pid file yet, half written, nginx gone
+            log.warning("cannot reload nginx (%s); trying again at the next poll", err)
+            return
+        self._reload_pending = False
         self.reloads += 1
 
     def run(self) -> None:

@@ -88,9 +88,12 @@ http {{
                 self.proc.wait(5)
 
 
-def start_server(port: int, log: Path, max_sessions: int | None = None) -> subprocess.Popen[bytes]:
+def start_server(
+    port: int, log: Path, max_sessions: int | None = None, warm_up_delay: float = 0.0
+) -> subprocess.Popen[bytes]:
     """``tests.deploy.fleet_server`` on ``port``; returns once it listens (it may still be warming up)."""
     command = [sys.executable, "-m", "tests.deploy.fleet_server", "--port", str(port)]
+    command += ["--warm-up-delay", str(warm_up_delay)]
     if max_sessions is not None:
         command += ["--max-sessions", str(max_sessions)]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115

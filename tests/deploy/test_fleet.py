@@ -53,22 +53,29 @@ class Fleet:
 
 
 @contextlib.contextmanager
-def running_fleet(folder: Path, max_sessions: list[int | None]) -> Iterator[Fleet]:
-    """One tiny server per entry of ``max_sessions`` (its real-time session limit), nginx and the watcher."""
+def running_fleet(
+    folder: Path, max_sessions: list[int | None], warm_up_delays: list[float] | None = None, wait_all: bool = True
+) -> Iterator[Fleet]:
+    """One tiny server per entry of ``max_sessions`` (its real-time session limit), nginx and the watcher.
+
+    ``wait_all``: yield once every server is SERVING and in the upstream (else once the first one is).
+    """
     ports = [free_port() for _ in max_sessions]
+    delays = warm_up_delays or [0.0] * len(ports)
     servers: list[subprocess.Popen[bytes]] = []
     watcher = nginx = None
     try:
-        for port, limit in zip(ports, max_sessions, strict=True):
-            servers.append(start_server(port, folder / f"server-{port}.log", limit))
+        for port, limit, delay in zip(ports, max_sessions, delays, strict=True):
+            servers.append(start_server(port, folder / f"server-{port}.log", limit, delay))
         addresses = [f"127.0.0.1:{p}" for p in ports]
         upstream = folder / "upstream.conf"
         nginx = Nginx(folder, free_port(), upstream)
         watcher = start_watcher(addresses, upstream, nginx.pid_file, folder / "watcher.log")
         nginx.start()
-        wait_for(lambda: all(serving(a) for a in addresses), 60, "every server SERVING")
-        wait_for(lambda: " down;" not in upstream.read_text(), 10, "every server in the upstream")
-        wait_for(lambda: serving(f"127.0.0.1:{nginx.port}"), 10, "health through the proxy")
+        if wait_all:
+            wait_for(lambda: all(serving(a) for a in addresses), 60, "every server SERVING")
+            wait_for(lambda: " down;" not in upstream.read_text(), 10, "every server in the upstream")
+        wait_for(lambda: serving(f"127.0.0.1:{nginx.port}"), 60, "health through the proxy")
         yield Fleet(servers, addresses, f"127.0.0.1:{nginx.port}", upstream)
     finally:
         for server in servers:
@@ -277,3 +284,48 @@ def test_a_full_server_refuses_and_the_retry_through_the_proxy_lands_on_another(
             for bridge in bridges:
                 bridge.stop()
     print(f"fleet admission: sessions {per_server}, {len(refused)} refused opens retried: {refused[0]}")
+
+
+@pytest.mark.slow
+def test_a_server_warming_up_gets_no_sessions_until_its_health_says_serving(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="stemserve.plugin_bridge.stream")
+    bridges: list[Bridge] = []
+
+    def open_bridge(i: int) -> Bridge:
+        bridge = Bridge(BridgeSettings(fleet.proxy, "ident", RATE, CHANNELS, client_name=f"track-{i}"))
+        bridges.append(bridge)
+        assert bridge.start(wait_s=10) is not None
+        return bridge
+
+    # The second server is NOT_SERVING for its first 15 s (a slow warm-up).
+    with running_fleet(tmp_path, [None, None], warm_up_delays=[0.0, 15.0], wait_all=False) as fleet:
+        try:
+            warm, cold = fleet.addresses
+            assert serving(warm) and not serving(cold)
+            assert f"{cold} max_fails=1 fail_timeout=5s down;" in fleet.upstream_file.read_text()
+            for i in range(4):
+                open_bridge(i)
+                assert not serving(cold), "the slow server finished warming up before the test was done with it"
+            # Every open went to the warm server at once: the cold one was never offered one.
+            assert [get_stats(a).sessions for a in fleet.addresses] == [4, 0]
+            assert sum(b.stats()["connect_failures"] for b in bridges) == 0
+            ready_s = wait_for(lambda: serving(cold), 60, "the slow server SERVING")
+            # Once SERVING, new sessions reach it within a few polls and an nginx reload.
+            up_s = wait_for(
+                lambda: " down;" not in fleet.upstream_file.read_text(), 10, "the slow server in the upstream"
+            )
+            opened = len(bridges)
+            routed_s = wait_for(
+                lambda: bool(open_bridge(len(bridges))) and get_stats(cold).sessions > 0, 10, "a new session there"
+            )
+            tries = len(bridges) - opened  # opens until one landed there (while nginx reloads, a few more)
+            assert sum(b.stats()["connect_failures"] for b in bridges) == 0
+        finally:
+            for bridge in bridges:
+                bridge.stop()
+    print(
+        f"fleet warm-up: cold server SERVING after {ready_s:.1f} s more; in the upstream {up_s:.2f} s later; "
+        f"a new session there {routed_s:.2f} s after that ({tries} opens)"
+    )
