@@ -69,10 +69,12 @@ http {{
 
     def start(self) -> None:
         conf = str(self.folder / "nginx.conf")
-        check = subprocess.run([NGINX, "-t", "-p", str(self.folder), "-c", conf], capture_output=True, timeout=10)
+        # -e: the startup error log too (the compiled-in /var/log/nginx may not be writable).
+        base = [NGINX, "-p", str(self.folder), "-e", str(self.log), "-c", conf]
+        check = subprocess.run([*base, "-t"], capture_output=True, timeout=10)
         assert check.returncode == 0, check.stderr.decode()
         self.proc = subprocess.Popen(
-            [NGINX, "-p", str(self.folder), "-c", conf, "-g", "daemon off;"],
+            [*base, "-g", "daemon off;"],
             stdout=subprocess.DEVNULL,
             stderr=open(self.folder / "nginx-stderr.log", "wb"),  # noqa: SIM115 (the child holds it)
         )
