@@ -7,10 +7,11 @@
     stemserve batch /mnt/catalogue --out /mnt/stems --address auto --device cuda   # an existing cluster
 
 Files (``.wav .flac .ogg .mp3 .aif .aiff``, recursive; whatever soundfile reads) are
-streamed through model-holding Ray actors: one per GPU with ``--device cuda``, ``--actors``
-on CPU. Each actor holds an embedded server, so a file takes exactly the path of
-``stemserve separate FILE`` and its stems are the same. ``<OUT>/<relative path>/<stem>.<ext>``
-holds the stems of ``<DIR>/<relative path>`` (in the input's format).
+streamed through model-holding Ray actors: one per GPU of the cluster with ``--device cuda``
+(or ``auto``, the default, when it has GPUs), ``--actors`` on CPU. Each actor holds an
+embedded server, so a file takes exactly the path of ``stemserve separate FILE`` and its
+stems are the same. ``<OUT>/<relative path>/<stem>.<ext>`` holds the stems of
+``<DIR>/<relative path>`` (in the input's format).
 
 Resumable: each finished file leaves a record in ``<OUT>/.batch/`` keyed by its relative
 path, the sha256 of its bytes and the model (name + sha256 of its weights + stems), so a
@@ -167,8 +168,8 @@ class FileSeparator:
             written = self.client.separate_file(job.source, job.out_dir, self.model, stems)
         except (OSError, sf.SoundFileError, RuntimeError) as err:  # StemServeError is a RuntimeError
             fault = isinstance(err, StemServeError) and err.code == "INVALID_ARGUMENT"
-            code = f"{err.code}: {err.message}" if isinstance(err, StemServeError) else f"{type(err).__name__}: {err}"
-            return Outcome(job.relative, False, reason=code, file_fault=fault)
+            reason = f"{err.code}: {err.message}" if isinstance(err, StemServeError) else f"{type(err).__name__}: {err}"
+            return Outcome(job.relative, False, reason=reason, file_fault=fault)
         seconds = info.frames / info.samplerate
         return Outcome(job.relative, True, seconds, stems=sorted(p.name for p in written.values()))
 
@@ -200,8 +201,8 @@ def _ray_init(args: argparse.Namespace) -> Any:
 
 
 def _actors(ray: Any, args: argparse.Namespace, model: str, models: dict[str, str | None]) -> list[Any]:
-    if args.device.startswith("cuda"):
-        gpus = int(ray.cluster_resources().get("GPU", 0))
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if args.device.startswith("cuda") or (args.device == "auto" and gpus > 0):
         if gpus < 1:
             raise BatchError("--device cuda: the Ray cluster has no GPU")
         count, options = gpus, {"num_gpus": 1, "num_cpus": 1}
