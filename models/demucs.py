@@ -661,15 +661,21 @@ class SignalSpan:
     context is real audio, as in the package.
     """
 
+    signal: torch.Tensor
+    offset: int
+    length: int
+
     def __init__(self, signal: torch.Tensor | SignalSpan, offset: int = 0, length: int | None = None) -> None:
-        available = signal.length if isinstance(signal, SignalSpan) else signal.shape[-1]
+        available = signal.length if isinstance(signal, SignalSpan) else int(signal.shape[-1])
         if not 0 <= offset < available:
             raise ValueError(f"offset {offset} outside a span of {available} samples")
         self.length = available - offset if length is None else min(available - offset, length)
         if isinstance(signal, SignalSpan):
-            self.signal, self.offset = signal.signal, signal.offset + offset
+            self.signal = signal.signal
+            self.offset = signal.offset + offset
         else:
-            self.signal, self.offset = signal, offset
+            self.signal = signal
+            self.offset = offset
 
     def padded(self, length: int) -> torch.Tensor:
         """``(channels, length)``: the span centred, ``(length - self.length) // 2`` samples of context on the left."""

@@ -47,7 +47,7 @@ def offline_method(model: torch.nn.Module, description: ModelDescription) -> Off
         return None
     if description.domain == "waveform" and description.causal:
         return None
-    return method  # type: ignore[no-any-return]
+    return method
 
 
 def min_samples(description: ModelDescription) -> int:
