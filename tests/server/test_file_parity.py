@@ -97,3 +97,32 @@ def test_serve_refuses_an_unsupported_checkpoint_with_one_line_and_exit_2(tmp_pa
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"stemserve serve: {truncated}: unsupported checkpoint")
+
+
+def test_stemserve_separate_with_an_open_unmix_folder_writes_the_packages_stems(tmp_path: Path) -> None:
+    """The user's comparison: ``stemserve separate song.wav --model umx=FOLDER`` against the package
+    on the same file (float WAV in, float WAV stems out)."""
+    import soundfile as sf
+
+    targets = ("vocals", "drums")
+    with openunmix_package() as umx:
+        folder = write_umx_folder(
+            umx, tmp_path / "umx", targets, hidden_size=32, nb_channels=2, sample_rate=44100,
+            n_fft=4096, n_hop=1024, max_bin=1487,
+        )  # fmt: skip
+        peer = umx.utils.load_separator(str(folder), targets=list(targets), niter=0).eval()
+        mix = clip(2, 6.0, 44100, seed=6)
+        with torch.no_grad():
+            expected = peer(mix.unsqueeze(0))[0].numpy()  # (2, 2, T)
+    song = tmp_path / "song.wav"
+    sf.write(song, mix.numpy().T, 44100, subtype="FLOAT")
+    out = tmp_path / "stems"
+    command = [sys.executable, "-m", "stemserve.server.cli", "separate", str(song), "--model", f"umx={folder}"]
+    result = subprocess.run(
+        [*command, "--out", str(out), "--max-batch", "1"], capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for i, target in enumerate(targets):
+        written, rate = sf.read(out / f"{target}.wav", dtype="float32", always_2d=True)
+        assert rate == 44100
+        assert_same(written.T, expected[i], 44100)
