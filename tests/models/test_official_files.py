@@ -43,27 +43,32 @@ def assert_same(ours: torch.Tensor, peer: torch.Tensor, rate: int) -> None:
 @pytest.mark.parametrize(
     "layout",
     [
-        # umxl: hidden size 1024, stereo 44.1 kHz, 16 kHz bandwidth (one of its four targets, and the residual)
+        # umxl: hidden size 1024, stereo 44.1 kHz, 16 kHz bandwidth (one of its four targets, and the
+        # residual; the package's EM loops take 20 s here, so the stereo post-filter is the last case's)
         {"targets": ("vocals",), "hidden_size": 1024, "nb_channels": 2, "sample_rate": 44100,
-         "n_fft": 4096, "n_hop": 1024, "max_bin": 1487, "niter": 1, "residual": True},
+         "n_fft": 4096, "n_hop": 1024, "max_bin": 1487, "niter": 0, "residual": True,
+         "seconds": 7.3, "wiener_win_len": 300},
         # umxse: speech enhancement, mono 16 kHz, n_fft 1024, hop 512, all 513 bins
         {"targets": ("speech", "noise"), "hidden_size": 256, "nb_channels": 1, "sample_rate": 16000,
-         "n_fft": 1024, "n_hop": 512, "max_bin": 513, "niter": 1, "residual": True},
-        # any hidden size, no post-filter
+         "n_fft": 1024, "n_hop": 512, "max_bin": 513, "niter": 1, "residual": True,
+         "seconds": 7.3, "wiener_win_len": 300},
+        # any hidden size; the stereo post-filter (one EM step, the umx default) on excerpts of 60 frames
         {"targets": ("vocals", "drums", "bass"), "hidden_size": 96, "nb_channels": 2, "sample_rate": 44100,
-         "n_fft": 4096, "n_hop": 1024, "max_bin": 1487, "niter": 0, "residual": False},
+         "n_fft": 4096, "n_hop": 1024, "max_bin": 1487, "niter": 1, "residual": False,
+         "seconds": 3.1, "wiener_win_len": 60},
     ],
     ids=["umxl", "umxse", "hidden96"],
 )  # fmt: skip
 def test_open_unmix_folders_load_unchanged_and_separate_files_as_the_package(tmp_path: Path, layout: dict) -> None:
     niter, residual = layout.pop("niter"), layout.pop("residual")
+    seconds, excerpt = layout.pop("seconds"), layout.pop("wiener_win_len")
     rate = layout["sample_rate"]
     with openunmix_package() as umx:
         folder = write_umx_folder(umx, tmp_path / "model", **layout)
         peer = umx.utils.load_separator(
-            str(folder), targets=list(layout["targets"]), niter=niter, residual=residual
+            str(folder), targets=list(layout["targets"]), niter=niter, residual=residual, wiener_win_len=excerpt
         ).eval()
-        mix = clip(layout["nb_channels"], 7.3, rate)
+        mix = clip(layout["nb_channels"], seconds, rate)
         with torch.no_grad():
             expected = peer(mix.unsqueeze(0))[0]  # (targets [+ residual], C, T)
 
@@ -78,7 +83,7 @@ def test_open_unmix_folders_load_unchanged_and_separate_files_as_the_package(tmp
         layout["max_bin"],
         3,
     )
-    got = model.separate_offline(mix, UmxOptions(niter=niter, residual=residual))
+    got = model.separate_offline(mix, UmxOptions(niter=niter, residual=residual, wiener_win_len=excerpt))
     assert_same(got, expected, rate)
 
 
