@@ -1,7 +1,8 @@
 """Item 2: serving overhead: ``Separate`` over loopback gRPC vs calling the model directly.
 
 Direct: :func:`models.apply.separate_signal` on the demo clip (at the model's
-rate and channels) in this process. Served: the same clip through
+rate and channels) in this process, with the plan the server's file jobs follow
+(:func:`models.apply.file_plan`). Served: the same clip through
 :meth:`plugin_bridge.client.StemClient.separate_chunks` to a server in another
 process (same weights, same torch threads), every stem returned. Runs are
 interleaved (direct, served, direct, ...); the ratio is of medians.
@@ -28,7 +29,7 @@ DEFAULT_MODELS = ("conditioned_unet", "conv_tasnet_causal")
 def run(options: Options) -> dict[str, Any]:
     import torch
     from stemserve.bench.servers import ServerProcess
-    from stemserve.models.apply import separate_signal
+    from stemserve.models.apply import file_plan, separate_signal
     from stemserve.plugin_bridge.client import CHUNK_FRAMES, StemClient, iter_chunks
 
     torch.set_num_threads(options.threads)
@@ -47,9 +48,9 @@ def run(options: Options) -> dict[str, Any]:
             audio = demo(d.sample_rate, d.audio_channels, seconds)
             wav = torch.from_numpy(audio)
 
-            def direct(model: Any = model, wav: torch.Tensor = wav) -> None:
+            def direct(model: Any = model, wav: torch.Tensor = wav, plan: Any = file_plan(d)) -> None:  # noqa: B008
                 # on a fresh thread, as the served side runs on the engine's worker thread
-                on_worker_thread(lambda: separate_signal(model, wav))
+                on_worker_thread(lambda: separate_signal(model, wav, plan=plan))
 
             def served(audio: Any = audio, rate: int = d.sample_rate, name: str = s.name) -> None:
                 chunks = iter_chunks(audio, CHUNK_FRAMES)

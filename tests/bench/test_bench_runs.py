@@ -20,6 +20,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "batching": ("model", "batch", "windows_per_s", "gain"),
     "latency_budget": ("model", "algorithmic_ms", "compute_ms", "transport_ms", "total_ms"),
     "growth": ("length_s", "time_s", "s_per_audio_s", "peak_mib"),
+    "files": ("model", "side", "audio_s", "seconds", "s_per_audio_s", "ratio"),
     "soak": ("track", "blocks", "frames", "wet", "gap", "lost", "duplicated", "misaligned"),
 }
 
