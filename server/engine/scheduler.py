@@ -23,8 +23,11 @@ caller gives); it is still delivered, flagged ``late`` and counted — audio is
 never dropped. A new real-time session is admitted only if the model's
 estimated real-time load stays within ``capacity`` (a fraction of the
 worker's time): load = items per second of all real-time sessions x seconds
-per item, the latter measured at warm-up and tracked as a running average of
-real batches.
+per item. The cost per item is first timed at warm-up, replaced by the mean of
+the first real batches (live or file work), then tracked as a running average,
+so a warm-up timed on a busy machine does not lock sessions out. The first
+real-time session of a model is always admitted (an estimate alone never
+refuses an empty model): if it cannot keep up its stream reports OVERLOADED.
 """
 
 from __future__ import annotations
@@ -48,6 +51,13 @@ log = logging.getLogger(__name__)
 
 # Weight of the newest batch in the running seconds-per-item estimate.
 COST_SMOOTHING = 0.05
+# Real batches after which the warm-up timing no longer counts: until then the estimate is the
+# plain mean of the real batches, so a warm-up timed on a busy machine is forgotten at once.
+COST_WARM_BATCHES = 8
+ADMISSION_ADVICE = (
+    "Close a session, choose a cheaper model (a causal Conv-TasNet, or fewer stems per session), "
+    "give the server more CPU threads (--threads) or run it on a GPU."
+)
 
 
 def _resolve(future: Future[Any], value: Any = None, error: BaseException | None = None) -> None:
@@ -97,6 +107,7 @@ class ModelScheduler:
         self._thread: threading.Thread | None = None
         self._next_expiry_check = 0.0
         self.seconds_per_item = 0.0
+        self.real_batches = 0  # batches of real (live or file) work since load
         self.sessions_expired = 0
         self.sessions_failed = 0
 
@@ -160,11 +171,21 @@ class ModelScheduler:
                     )
                 load = sum(self.session_load(s) for s in realtime)
                 need = self.session_load(session)
-                if load + need > self.capacity:
+                if realtime and load + need > self.capacity:
                     raise AdmissionError(
                         f"model {self.name}: {len(realtime)} real-time sessions use {load:.1%} of its device time and "
                         f"this one needs {need:.1%} more, over the real-time capacity of {self.capacity:.1%} "
-                        f"({self.seconds_per_item * 1e3:.2f} ms per window)"
+                        f"({self.seconds_per_item * 1e3:.2f} ms per window). {ADMISSION_ADVICE}"
+                    )
+                if not realtime and need > self.capacity:
+                    # An estimate is never reason enough to lock out the first session: it runs,
+                    # its stream says OVERLOADED if it falls behind, and its passes correct the estimate.
+                    log.warning(
+                        "model %s: admitting the only real-time session although it is estimated to need %.1f%% "
+                        "of the device (%.2f ms per window); its stream reports OVERLOADED if it falls behind",
+                        self.name,
+                        need * 100,
+                        self.seconds_per_item * 1e3,
                     )
             self._sessions[session.id] = session
             self._realtime_sessions += int(session.realtime)
@@ -280,8 +301,9 @@ class ModelScheduler:
     def _deliver(self, outcome: BatchOutcome) -> None:
         if outcome.items:
             per_item = outcome.seconds / len(outcome.items)
-            if self.seconds_per_item <= 0:
-                self.seconds_per_item = per_item
+            self.real_batches += 1
+            if self.real_batches <= COST_WARM_BATCHES:
+                self.seconds_per_item += (per_item - self.seconds_per_item) / self.real_batches
             else:
                 self.seconds_per_item += COST_SMOOTHING * (per_item - self.seconds_per_item)
         touched: dict[str, Session] = {}

@@ -115,8 +115,10 @@ def test_separate_file_is_the_offline_reference_and_runs_where_realtime_is_refus
     engine = make_engine(realtime_capacity=0.0, file_chunk_s=0.1)
     try:
         engine.load_model("m", model=model)
+        live = engine.open_session("m", 16000, 2)  # the first is always admitted
         with pytest.raises(AdmissionError):
             engine.open_session("m", 16000, 2)
+        engine.close(live.id)
         x = np.random.default_rng(0).standard_normal((2, 5000)).astype(np.float32)
         progress: list[tuple[int, int]] = []
         chunks = list(engine.separate_file("m", x, 16000, ["bass", "vocals"], lambda d, t: progress.append((d, t))))
