@@ -79,7 +79,7 @@ def run_item(item: str, options: object) -> int:
     from stemserve.bench.report import Options, write_json
 
     assert isinstance(options, Options)
-    module = importlib.import_module(f"bench.{item}")
+    module = importlib.import_module(f"stemserve.bench.{item}")
     torch.set_num_threads(options.threads)
     start = time.perf_counter()
     try:
