@@ -26,6 +26,9 @@ from stemserve.protos import stemserve_pb2_grpc as pb_grpc
 KEEPALIVE_TIME_MS = 20_000
 KEEPALIVE_TIMEOUT_MS = 10_000
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# How long a client tries to connect before saying the server cannot be reached: a refused
+# port fails at once and is retried until then; only a server that answers waits longer.
+CONNECT_TIMEOUT_S = 3.0
 # Frames per Separate request chunk: 1 s at 44.1 kHz stereo is ~350 KB on the wire.
 CHUNK_FRAMES = 44_100
 
@@ -90,6 +93,7 @@ class StemClient:
         self.stub = pb_grpc.SeparationStub(self.channel)
         # Plain metadata, not call credentials (dropped on insecure channels).
         self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        self.last_connect_error = ""
 
     def __enter__(self) -> StemClient:
         return self
@@ -107,8 +111,9 @@ class StemClient:
         except grpc.FutureTimeoutError as err:
             raise StemServeError("UNAVAILABLE", f"no server at {self.address} after {timeout:g} s") from err
 
-    def serving(self, timeout: float = 5.0) -> bool:
-        """True when the standard health service says SERVING (models loaded and warm)."""
+    def health(self, timeout: float = 5.0) -> str:
+        """The standard health service's answer: ``"SERVING"``, ``"NOT_SERVING"`` (warming up or
+        draining), or ``"UNREACHABLE"`` when no connection could be made within ``timeout``."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         stub = health_pb2_grpc.HealthStub(self.channel)
@@ -116,17 +121,51 @@ class StemClient:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
         except grpc.RpcError as err:
             if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                return False
+                self.last_connect_error = err.details() if isinstance(err, grpc.Call) else str(err)
+                return "UNREACHABLE"
             raise _error(err) from err
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+        serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+        return "SERVING" if serving else "NOT_SERVING"
 
-    def wait_serving(self, timeout: float = 300.0, poll: float = 0.2) -> None:
-        """Wait until health says SERVING (StemServeError UNAVAILABLE after ``timeout``)."""
-        deadline = time.monotonic() + timeout
-        while not self.serving(timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
-            if time.monotonic() >= deadline:
-                raise StemServeError("UNAVAILABLE", f"{self.address} not serving after {timeout:g} s")
+    def serving(self, timeout: float = 5.0) -> bool:
+        """True when the standard health service says SERVING (models loaded and warm)."""
+        return self.health(timeout) == "SERVING"
+
+    def wait_serving(
+        self, timeout: float = 300.0, poll: float = 0.2, connect_timeout: float = CONNECT_TIMEOUT_S
+    ) -> None:
+        """Wait until health says SERVING.
+
+        Two waits, told apart: nothing answering at the address fails within ``connect_timeout``
+        (StemServeError UNAVAILABLE "cannot reach ADDR: connection refused"); a server that answers
+        NOT_SERVING (loading and warming its models) is waited for up to ``timeout``."""
+        start = time.monotonic()
+        reached = False
+        while True:
+            now = time.monotonic()
+            limit = start + (timeout if reached else min(timeout, connect_timeout))
+            state = self.health(timeout=max(0.1, min(5.0, limit - now)))
+            if state == "SERVING":
+                return
+            reached = reached or state == "NOT_SERVING"
+            if time.monotonic() >= limit:
+                if not reached:
+                    raise StemServeError("UNAVAILABLE", f"cannot reach {self.address}: {self._reason()}")
+                raise StemServeError("UNAVAILABLE", f"{self.address} is up but not serving after {timeout:g} s")
             time.sleep(poll)
+
+    def _reason(self) -> str:
+        """Why the last connection attempt failed, in a user's words."""
+        text = self.last_connect_error.lower()
+        for needle, words in (
+            ("connection refused", "connection refused (is the server running on that port?)"),
+            ("dns", "name not resolved"),
+            ("deadline", "no answer"),
+            ("timed out", "no answer"),
+        ):
+            if needle in text:
+                return words
+        return self.last_connect_error or "no answer"
 
     def list_models(self) -> list[RemoteModel]:
         try:
@@ -225,31 +264,41 @@ class StemClient:
         import soundfile as sf
 
         path, out_dir = Path(path), Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
         info = sf.info(str(path))
+        # Made with the first stem, so a refused job leaves no empty folder behind.
+        missing = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
         writers: dict[str, Any] = {}
         written: dict[str, Path] = {}
         try:
-            with sf.SoundFile(str(path)) as source:
-                chunks = (block.T for block in source.blocks(blocksize=CHUNK_FRAMES, dtype="float32", always_2d=True))
-                for names, chunk in self.separate_chunks(
-                    chunks, info.channels, info.samplerate, model, stems, info.frames, progress
-                ):
-                    for name, data in zip(names, chunk, strict=True):
-                        if name not in writers:
-                            written[name] = out_dir / f"{name}{path.suffix}"
-                            writers[name] = sf.SoundFile(
-                                str(written[name]),
-                                "w",
-                                info.samplerate,
-                                info.channels,
-                                info.subtype,
-                                format=info.format,
-                            )
-                        writers[name].write(data.T)
-        finally:
+            # The request iterator owns the file: gRPC's request thread may still be reading it when
+            # a refusal ends the call here, so closing it from this thread crashed libsndfile (FLAC, MP3).
+            for names, chunk in self.separate_chunks(
+                file_chunks(path), info.channels, info.samplerate, model, stems, info.frames, progress
+            ):
+                for name, data in zip(names, chunk, strict=True):
+                    if name not in writers:
+                        out_dir.mkdir(parents=True, exist_ok=True)
+                        written[name] = out_dir / f"{name}{path.suffix}"
+                        writers[name] = sf.SoundFile(
+                            str(written[name]),
+                            "w",
+                            info.samplerate,
+                            info.channels,
+                            info.subtype,
+                            format=info.format,
+                        )
+                    writers[name].write(data.T)
+        except BaseException:
             for writer in writers.values():
                 writer.close()
+            for stem_path in written.values():
+                stem_path.unlink(missing_ok=True)
+            for folder in missing:  # innermost first; only the folders this job made, only if empty
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+            raise
+        for writer in writers.values():
+            writer.close()
         check_length(written, info.frames)
         return written
 
@@ -262,6 +311,15 @@ def check_length(written: dict[str, Path], frames: int) -> None:
         got = sf.info(str(path)).frames
         if got != frames:
             raise StemServeError("DATA_LOSS", f"stem {name}: {got} frames written, the input has {frames}")
+
+
+def file_chunks(path: Path, frames: int = CHUNK_FRAMES) -> Iterator[np.ndarray]:
+    """``(channels, n)`` float32 blocks of an audio file, opened and closed by whoever iterates."""
+    import soundfile as sf
+
+    with sf.SoundFile(str(path)) as source:
+        for block in source.blocks(blocksize=frames, dtype="float32", always_2d=True):
+            yield block.T
 
 
 def iter_chunks(audio: np.ndarray, frames: int) -> Iterator[np.ndarray]:

@@ -21,7 +21,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", default=os.environ.get("STEMSERVE_TOKEN"), help="bearer token for --server")
     parser.add_argument("--stems", default="", help="comma-separated stems to write (default: all)")
     parser.add_argument("--out", type=Path, default=Path("stems"), help="output folder (default: ./stems)")
-    parser.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the server to be ready")
+    parser.add_argument(
+        "--wait", type=float, default=300.0,
+        help="seconds to wait for a server that answers but is still warming up (health NOT_SERVING); "
+        "nothing listening at --server fails within 3 s",
+    )  # fmt: skip
     parser.add_argument(
         "--retries", type=int, default=5,
         help="times to start the file again after UNAVAILABLE (a server draining or warming up: behind a "
@@ -86,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
     except StemServeError as err:
         print(f"stemserve separate: {err}", file=sys.stderr)
-        return 1
+        # The request itself was refused (unknown model or stem, bad audio): a usage error.
+        return 2 if err.code in ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION") else 1
     except (OSError, sf.SoundFileError) as err:  # unreadable input, unwritable output
         print(f"stemserve separate: {err}", file=sys.stderr)
         return 1
