@@ -33,12 +33,17 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("packaging")
     clone = work / "clone"
     run("git", "clone", "--quiet", "--no-hardlinks", ROOT, clone)
-    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", work / "dist", clone)
+    pip = (sys.executable, "-m", "pip")
+    run(*pip, "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", work / "dist", clone)
     (wheel,) = (work / "dist").glob("stemserve-*.whl")
     env = work / "venv"
-    run(sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", env)
+    run(sys.executable, "-m", "venv", "--without-pip", env)
     python = env / "bin" / "python"
-    run(sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", wheel)
+    # The dependencies come from the test environment's site-packages, added as plain paths: a
+    # .pth line is not itself processed, so the checkout's editable-install hook stays out.
+    outer = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
+    (site_packages(env) / "_test_environment.pth").write_text("\n".join(sorted(outer)) + "\n")
+    run(*pip, "--python", python, "install", "--quiet", "--no-deps", wheel)
     return env
 
 
