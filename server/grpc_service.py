@@ -27,10 +27,10 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import grpc
 import numpy as np
@@ -403,7 +403,8 @@ async def file_chunks(
     if audio.shape[1] == 0:
         engine.file_stems(model, stems or [], sample_rate, audio.shape[0])  # the same errors as a non-empty file
         return
-    jobs = engine.separate_file(model, audio, sample_rate, stems)
+    # a generator (it closes its session when closed)
+    jobs = cast(Generator[tuple[int, np.ndarray], None, None], engine.separate_file(model, audio, sample_rate, stems))
     loop = asyncio.get_running_loop()
     running: asyncio.Future[tuple[int, np.ndarray] | None] | None = None
     try:
