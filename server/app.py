@@ -31,7 +31,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from stemserve.protos import stemserve_pb2, stemserve_pb2_grpc
 from stemserve.server.auth import BearerTokenInterceptor
 from stemserve.server.engine.engine import Engine
@@ -40,6 +40,10 @@ from stemserve.server.grpc_service import SeparationServicer
 log = logging.getLogger(__name__)
 
 SERVICE_NAME: str = stemserve_pb2.DESCRIPTOR.services_by_name["Separation"].full_name
+# grpcio-reflection ships only v1alpha; v1 has the same messages and field numbers under
+# another package, so the v1alpha servicer answers v1 clients byte for byte (grpcurl and
+# Postman ask v1 first).
+REFLECTION_V1: str = "grpc.reflection.v1.ServerReflection"
 
 # Keepalive contract shared with the bridge (plugin_bridge/client.py pings every
 # 20 s, above the server's 10 s minimum).
@@ -106,6 +110,19 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+def enable_reflection(server: grpc.aio.Server, names: tuple[str, ...]) -> None:
+    """Serve gRPC reflection as ``grpc.reflection.v1`` and ``v1alpha``, listing ``names``."""
+    servicer = reflection.aio.ReflectionServicer(names)
+    method = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    for service in (reflection.SERVICE_NAME, REFLECTION_V1):
+        handler = grpc.method_handlers_generic_handler(service, {"ServerReflectionInfo": method})
+        server.add_generic_rpc_handlers((handler,))
+
+
 async def create_server(
     config: ServerConfig, servicer: SeparationServicer
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
@@ -119,7 +136,7 @@ async def create_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await set_serving(health_servicer, False)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    enable_reflection(server, (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1))
     address = f"{config.host}:{config.port}"
     if config.tls_cert is not None and config.tls_key is not None:
         credentials = grpc.ssl_server_credentials([(config.tls_key.read_bytes(), config.tls_cert.read_bytes())])

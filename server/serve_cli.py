@@ -26,12 +26,18 @@ UNTRAINED_NAME = "untrained-multi_unet"
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "-n",
         "--model",
         action="append",
         default=[],
         metavar="NAME[=PATH]",
         help="serve a model: a registry preset or bundled name, or NAME=PATH to a checkpoint / official "
         "Open-Unmix folder / Demucs file (repeatable; default: the bundled models)",
+    )
+    parser.add_argument(
+        "--allow-untrained",
+        action="store_true",
+        help="serve a registry preset that has no trained weights (random output) without the warning",
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     parser.add_argument("--half", action="store_true", help="half precision on GPU")
@@ -90,6 +96,32 @@ def parse_models(specs: list[str]) -> dict[str, str | None]:
             raise SystemExit(f"--model {spec!r}: expected NAME or NAME=PATH")
         out[name] = path or None
     return out
+
+
+def check_models(models: dict[str, str | None], allow_untrained: bool = False) -> dict[str, str | None]:
+    """Resolve bare names to the bundled weights; ValueError for a name that is neither bundled nor a
+    preset. A preset without trained weights logs a WARNING (its output is noise) unless allowed."""
+    from stemserve.models import registry
+    from stemserve.server.engine.pool import bundled_models
+
+    bundled = bundled_models()
+    presets = registry.presets()
+    for name, path in models.items():
+        if path is not None or name in bundled:
+            continue
+        if name not in presets:
+            raise ValueError(
+                f"unknown model {name!r}: bundled are {', '.join(bundled) or 'none'}; "
+                "presets are listed by `stemserve models`; or pass NAME=PATH"
+            )
+        if not allow_untrained:
+            log.warning(
+                "model %r has no trained weights: serving RANDOM weights, its output is not a separation "
+                "(trained: %s; pass NAME=PATH for your checkpoint, --allow-untrained to silence this)",
+                name,
+                ", ".join(bundled) or "none",
+            )
+    return models
 
 
 def default_models() -> dict[str, str | None]:
@@ -160,11 +192,12 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         check_exposure(config)
+        models = check_models(parse_models(args.model), args.allow_untrained) or default_models()
         engine = build_engine(args)
     except ValueError as err:
         print(f"stemserve serve: {err}", file=sys.stderr)
         return 2
-    config.models = load_untrained(engine, parse_models(args.model) or default_models())
+    config.models = load_untrained(engine, models)
     from stemserve.models.checkpoint import CheckpointError
 
     try:
