@@ -71,6 +71,8 @@ class BridgeSettings:
         max_block: the largest host block handled in one piece (larger ones are split).
         max_latency: the largest total latency the preallocated rings can hold.
         offline_timeout_s: how long :meth:`Bridge.process` waits for a block's stems.
+        stems: the stems the server computes (empty: all). A conditioned model computes
+            only these, so one stem of four costs the server about a quarter.
     """
 
     address: str
@@ -93,6 +95,7 @@ class BridgeSettings:
     offline_timeout_s: float = 30.0
     stall_timeout_s: float = 5.0
     backoff_max_s: float = 2.0
+    stems: tuple[str, ...] = ()
 
     def margin(self) -> int:
         extra = self.margin_samples
@@ -145,6 +148,7 @@ class Bridge:
                 max_network_frames=max(4096, max_block),
                 stall_timeout_s=settings.stall_timeout_s,
                 backoff_max_s=settings.backoff_max_s,
+                stems=tuple(settings.stems),
             ),
             settings.model,
             self.params,
@@ -209,6 +213,14 @@ class Bridge:
 
     def stats(self) -> dict[str, int]:
         return self.counters.snapshot()
+
+    def status(self) -> dict[str, str]:
+        """``{"status": ..., "status_message": ...}``: connecting / streaming / refused / behind / lost, and why."""
+        return {"status": self.link.status, "status_message": self.link.status_message}
+
+    def report(self) -> dict[str, int | str]:
+        """Counters and status together (STATS, OSC ``/stats``)."""
+        return {**self.stats(), **self.status()}
 
     # -- control (any thread but the audio thread) ---------------------------------------
     def reset(self) -> None:

@@ -45,10 +45,48 @@ def _gain(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"gain of {stem!r} must be a number, got {value!r}") from None
 
 
+def _stems(text: str) -> tuple[str, ...]:
+    stems = tuple(s.strip() for s in text.split(",") if s.strip())
+    if not stems:
+        raise argparse.ArgumentTypeError(f"expected a comma list of stem names, got {text!r}")
+    return stems
+
+
+def resolve_model(args: argparse.Namespace, prog: str) -> str | None:
+    """``--model``, or the server's default (its first listed model, as ``separate`` uses); None after printing why."""
+    if args.model:
+        return str(args.model)
+    from stemserve.plugin_bridge.client import StemClient, StemServeError
+
+    tls_root = None
+    if args.tls_root:
+        with open(args.tls_root, "rb") as f:
+            tls_root = f.read()
+    try:
+        with StemClient(args.server, token=args.token, tls_root=tls_root) as client:
+            client.wait_serving(timeout=args.connect_timeout)
+            models = client.list_models()
+    except StemServeError as err:
+        print(f"{prog}: no --model given and cannot ask the server for its default: {err}", flush=True)
+        return None
+    if not models:
+        print(f"{prog}: no --model given and the server at {args.server} serves no models", flush=True)
+        return None
+    print(f"model {models[0].name} (the server's default)", flush=True)
+    return models[0].name
+
+
 def add_session_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared by ``bridge`` and ``bridge-render``: the server, the session, the latency."""
     parser.add_argument("--server", default="127.0.0.1:50051", help="server address host:port")
-    parser.add_argument("--model", required=True, help="model name (see `stemserve models` / the server's list)")
+    parser.add_argument("--model", default=None, help="model name (default: the server's default, the first it lists)")
+    parser.add_argument(
+        "--stems",
+        type=_stems,
+        default=(),
+        metavar="A,B",
+        help="stems the server computes (default all); one stem of four costs the server about a quarter",
+    )
     parser.add_argument("--target", default=None, help="target source (default: the mix of all stems)")
     parser.add_argument("--mix", type=float, default=1.0, help="dry/wet 0..1 (default 1: stems only)")
     parser.add_argument("--gain", type=_gain, action="append", default=[], metavar="STEM=G", help="per-stem gain 0..1")
@@ -83,6 +121,7 @@ def settings_from_args(args: argparse.Namespace, sample_rate: int, channels: int
         margin_samples=args.margin_samples,
         latency_samples=args.latency_samples,
         underrun=args.underrun,
+        stems=tuple(args.stems),
     )
 
 
@@ -147,6 +186,9 @@ def run(args: argparse.Namespace) -> int:
                 f"out {info['maxOutputChannels']:>2}  {info['name']}"
             )
         return 0
+    args.model = resolve_model(args, "stemserve bridge")
+    if args.model is None:
+        return 2
     front_kind = args.front
     if front_kind == "auto":
         front_kind = "jack" if sys.platform.startswith("linux") and _jack_available(args.jack_server) else "pyaudio"
@@ -179,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
             bridge.params,
             reset=bridge.reset,
             latency=lambda: None if bridge.latency is None else (bridge.latency.total, bridge.latency.sample_rate),
-            stats=bridge.stats,
+            stats=bridge.report,
             host=args.osc_host,
             port=args.osc_port,
             prefix=args.osc_prefix,
@@ -232,8 +274,11 @@ def run(args: argparse.Namespace) -> int:
         bridge.stop()
         if osc is not None:
             osc.stop()
-    stats = bridge.stats()
-    summary = {"latency": None if bridge.latency is None else bridge.latency.total, "counters": stats}
+    summary = {
+        "latency": None if bridge.latency is None else bridge.latency.total,
+        "counters": bridge.stats(),
+        **bridge.status(),
+    }
     print("STATS " + json.dumps(summary), flush=True)
     if args.stats_json:
         with open(args.stats_json, "w") as f:

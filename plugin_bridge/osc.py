@@ -16,7 +16,7 @@ Own address space (``PREFIX`` defaults to ``/stemserve``)::
     PREFIX/param       i N  f 0..1        normalised plugin parameter N (numbers below)
     PREFIX/reset                          transport stop / seek: clear server state, keep latency
     PREFIX/latency                        reply PREFIX/latency i TOTAL i SAMPLE_RATE to the sender
-    PREFIX/stats                          reply PREFIX/stats s JSON (counters) to the sender
+    PREFIX/stats                          reply PREFIX/stats s JSON (counters, status) to the sender
 
 Ardour's plugin-parameter shape is accepted too, so an Ardour OSC surface can
 drive the bridge as if it were a plugin on a strip::
@@ -37,7 +37,7 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from pythonosc.dispatcher import Dispatcher
@@ -58,7 +58,7 @@ class OscListener:
         params: the parameter state to set.
         reset: called for ``PREFIX/reset``.
         latency: returns ``(total, sample_rate)`` or None before the first session.
-        stats: returns the bridge's counters.
+        stats: returns the bridge's counters and status (``Bridge.report``).
         ardour_strip / ardour_plugin: accept only this strip / plugin id in Ardour messages.
     """
 
@@ -67,7 +67,7 @@ class OscListener:
         params: Parameters,
         reset: Callable[[], None] | None = None,
         latency: Callable[[], tuple[int, int] | None] | None = None,
-        stats: Callable[[], dict[str, int]] | None = None,
+        stats: Callable[[], Mapping[str, int | str]] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         prefix: str = "/stemserve",

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import soundfile as sf
     from stemserve.plugin_bridge.bridge import Bridge
-    from stemserve.plugin_bridge.cli import settings_from_args
+    from stemserve.plugin_bridge.cli import resolve_model, settings_from_args
 
     try:
         sizes = parse_block_sizes(args.block_sizes, args.seed)
@@ -67,12 +67,19 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError) as err:
         print(f"stemserve bridge-render: {err}")
         return 2
+    args.model = resolve_model(args, "stemserve bridge-render")
+    if args.model is None:
+        return 2
     audio = sf.read(args.input, dtype="float32", always_2d=True)[0].T  # (channels, frames)
     settings = settings_from_args(args, sample_rate=info.samplerate, channels=info.channels, block_frames=0)
     with Bridge(settings) as bridge:
         report = bridge.start(wait_s=args.connect_timeout)
         if report is None:
-            print(f"stemserve bridge-render: could not open a session on {args.server} within {args.connect_timeout} s")
+            why = bridge.status()["status_message"]
+            print(
+                f"stemserve bridge-render: could not open a session on {args.server} within {args.connect_timeout} s"
+                + (f" ({why})" if why else "")
+            )
             return 1
         print(report.describe(), flush=True)
         total = report.total

@@ -33,6 +33,21 @@ flight become gaps (the audio callback outputs dry), input is discarded while
 disconnected, and the thread re-opens a session with the same parameters
 after an exponential backoff (``backoff_initial_s`` doubling to
 ``backoff_max_s``). Audio never waits for any of it.
+
+A refusal is not a network failure: the server answered (``RESOURCE_EXHAUSTED``
+when its real-time capacity is full, ``NOT_FOUND``, ``UNAUTHENTICATED`` ...).
+Its message is logged at WARNING and kept as the link's :attr:`StreamLink.status`
+(STATS, OSC ``/stats``). The first ``refusal_retries`` refused opens are retried
+after ``backoff_initial_s`` each (behind a load balancer another server may take
+the next one); later ones back off as network failures do, still logged.
+
+Behind
+------
+Every ``behind_window_s`` the sender compares the frames the host played with
+those that came back dry (underruns) and the server's OVERLOADED statuses. When
+over ``behind_fraction`` of the window's frames were dry, or the server said it
+was overloaded, the status becomes ``behind`` and a WARNING names the dry
+fraction and what would help (one stem with ``--stems``, or a causal model).
 """
 
 from __future__ import annotations
@@ -79,6 +94,27 @@ class LinkSettings:
     stall_timeout_s: float = 5.0
     # Fallback wake-up of the sender when no write notification came.
     poll_s: float = 0.01
+    # The stems the server computes (empty: all); fixed for every session this link opens.
+    stems: tuple[str, ...] = ()
+    # Refused opens retried at backoff_initial_s before the backoff grows.
+    refusal_retries: int = 3
+    # The "behind" check: window, and the dry fraction that counts as behind.
+    behind_window_s: float = 2.0
+    behind_fraction: float = 0.5
+
+
+# Answers from a server that was reached and said no: not "cannot reach".
+REFUSALS = frozenset(
+    {
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+    }
+)
 
 
 @dataclass
@@ -141,6 +177,14 @@ class StreamLink:
         self._errors_logged = 0
         self.connected = threading.Event()
         self.session_id = ""
+        # What the track's user should know: "connecting", "streaming", "refused", "behind", "lost".
+        self.status = "connecting"
+        self.status_message = ""
+        self._refusals = 0  # consecutive refused opens
+        self._window_start = 0.0
+        self._window_frames = 0
+        self._window_dry = 0
+        self._window_overloaded = 0
         params.add_listener(self._param_changes.put)
 
     # -- lifecycle --------------------------------------------------------------------
@@ -203,6 +247,8 @@ class StreamLink:
             except grpc.RpcError as err:
                 if not self._stop.is_set():
                     self._log_failure(err, failures, session)
+                    refused = _code(err) in REFUSALS and not session.opened.is_set()
+                    self._refusals = self._refusals + 1 if refused else 0
             except Exception:
                 log.exception("bridge network thread: unexpected error; reconnecting")
             finally:
@@ -225,25 +271,40 @@ class StreamLink:
                 backoff = self.settings.backoff_initial_s
             failures += 1
             self.counters.connect_failures += 1
+            if 0 < self._refusals <= self.settings.refusal_retries:
+                # Short and flat: behind a load balancer the next open may land on a server with room.
+                self._wait_discarding(self.settings.backoff_initial_s)
+                continue
             self._wait_discarding(backoff * random.uniform(0.8, 1.2))
             backoff = min(backoff * 2.0, self.settings.backoff_max_s)
 
+    def _set_status(self, status: str, message: str) -> None:
+        self.status = status
+        self.status_message = message
+
     def _log_failure(self, err: grpc.RpcError, failures: int, session: _Session) -> None:
-        code = err.code() if hasattr(err, "code") else None
-        details = err.details() if hasattr(err, "details") else str(err)
-        if code in (
-            grpc.StatusCode.INVALID_ARGUMENT,
-            grpc.StatusCode.NOT_FOUND,
-            grpc.StatusCode.UNAUTHENTICATED,
-            grpc.StatusCode.PERMISSION_DENIED,
-        ):
-            log.error("server refused the session (model %r): %s: %s", session.model, code.name, details)
-        elif session.opened.is_set():
-            log.warning("stream lost (%s: %s); outputting dry and reconnecting", getattr(code, "name", code), details)
-        elif failures == 0:
-            log.warning(
-                "cannot reach %s (%s); retrying with backoff", self.settings.address, getattr(code, "name", code)
+        code = _code(err)
+        name = getattr(code, "name", str(code))
+        details = err.details() if isinstance(err, grpc.Call) else str(err)
+        if code in REFUSALS and not session.opened.is_set():
+            self.counters.refusals += 1
+            self._set_status("refused", f"{name}: {details}")
+            level = logging.WARNING if code == grpc.StatusCode.RESOURCE_EXHAUSTED else logging.ERROR
+            log.log(
+                level,
+                "server %s refused the session (model %r) [%d in a row]: %s: %s",
+                self.settings.address,
+                session.model,
+                self._refusals + 1,
+                name,
+                details,
             )
+        elif session.opened.is_set():
+            self._set_status("lost", f"{name}: {details}")
+            log.warning("stream lost (%s: %s); outputting dry and reconnecting", name, details)
+        elif failures == 0:
+            self._set_status("connecting", f"cannot reach {self.settings.address}: {name}: {details}")
+            log.warning("cannot reach %s (%s: %s); retrying with backoff", self.settings.address, name, details)
         else:
             log.debug("reconnect attempt failed: %s", details)
 
@@ -303,6 +364,8 @@ class StreamLink:
             log.info("model changed to %r", session.model)
         self.params.set_sources(opened.sources)
         self.session_id = opened.session_id
+        self._refusals = 0
+        self._set_status("streaming", f"session {opened.session_id} on {session.model}")
         self.counters.sessions_opened += 1
         if self.counters.sessions_opened > 1:
             self.counters.reconnects += 1
@@ -338,6 +401,7 @@ class StreamLink:
         code = status.code
         if code == pb.SessionStatus.OVERLOADED:
             self.counters.overloaded += 1
+            self._window_overloaded += 1
             if self.counters.overloaded == 1 or self.counters.overloaded % 100 == 0:
                 log.warning("server overloaded (%d times): %s", self.counters.overloaded, status.message)
         elif code == pb.SessionStatus.INVALID_SAMPLES:
@@ -368,6 +432,7 @@ class StreamLink:
                 channels=self.settings.channels,
                 parameters=parameters,
                 client_name=self.settings.client_name,
+                stems=list(self.settings.stems),
             )
         )
         while not session.opened.wait(0.05):
@@ -390,6 +455,7 @@ class StreamLink:
                 return  # half-close: the server answers every block sent so far, then ends
             self._log_callback_errors()
             self._check_stall(session)
+            self._check_behind()
             # Read write_pos before reset_taken: the callback bumps reset_taken
             # before writing post-reset input, so input seen here is never past
             # a reset we have not seen.
@@ -443,6 +509,38 @@ class StreamLink:
             log.warning("no reply from the server for %.1f s; reconnecting", self.settings.stall_timeout_s)
             session.call.cancel()
 
+    def _check_behind(self) -> None:
+        """Once per window: warn when most played frames came back dry or the server said it is overloaded."""
+        now = time.monotonic()
+        if self._window_start == 0.0:
+            self._window_start = now
+            self._window_frames, self._window_dry = self.counters.frames, self.counters.underrun_frames
+            return
+        if now - self._window_start < self.settings.behind_window_s:
+            return
+        frames = self.counters.frames - self._window_frames
+        dry = self.counters.underrun_frames - self._window_dry
+        overloaded = self._window_overloaded
+        elapsed = now - self._window_start
+        self._window_start = now
+        self._window_frames, self._window_dry = self.counters.frames, self.counters.underrun_frames
+        self._window_overloaded = 0
+        fraction = dry / frames if frames else 0.0
+        if fraction > self.settings.behind_fraction or overloaded:
+            self.counters.behind_windows += 1
+            one = self.settings.stems[0] if len(self.settings.stems) == 1 else None
+            advice = (
+                "use a causal model (the causal Conv-TasNet) or a faster server"
+                if one is not None
+                else "ask for one stem (--stems vocals) or use the causal Conv-TasNet"
+            )
+            message = f"server behind: {100 * fraction:.0f} % of frames dry, {overloaded} OVERLOADED in {elapsed:.1f} s"
+            self._set_status("behind", message)
+            log.warning("%s; %s", message, advice)
+        elif self.status == "behind":
+            self._set_status("streaming", f"caught up: {100 * fraction:.0f} % of frames dry")
+            log.info("server caught up (%.0f %% of frames dry)", 100 * fraction)
+
     def _log_callback_errors(self) -> None:
         # The audio callback never logs (I/O and locks); it counts, and we report.
         errors = self.counters.callback_errors
@@ -451,3 +549,7 @@ class StreamLink:
                 "audio callback failed %d time(s) (output silenced for those blocks)", errors - self._errors_logged
             )
             self._errors_logged = errors
+
+
+def _code(err: grpc.RpcError) -> grpc.StatusCode | None:
+    return err.code() if isinstance(err, grpc.Call) else None

@@ -59,6 +59,8 @@ class Counters:
     resets_sent: int = 0
     overloaded: int = 0
     invalid_samples: int = 0
+    refusals: int = 0  # opens the server answered with a refusal (RESOURCE_EXHAUSTED, NOT_FOUND, ...)
+    behind_windows: int = 0  # check windows where the server was behind (most frames dry, or OVERLOADED)
 
     def snapshot(self) -> dict[str, int]:
         return asdict(self)

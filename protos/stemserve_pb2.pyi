@@ -71,20 +71,22 @@ class Latency(_message.Message):
     def __init__(self, model: _Optional[int] = ..., buffering: _Optional[int] = ..., resampler: _Optional[int] = ..., total: _Optional[int] = ..., sample_rate: _Optional[int] = ...) -> None: ...
 
 class OpenSession(_message.Message):
-    __slots__ = ("model", "sample_rate", "channels", "parameters", "client_name", "return_stems")
+    __slots__ = ("model", "sample_rate", "channels", "parameters", "client_name", "return_stems", "stems")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
     RETURN_STEMS_FIELD_NUMBER: _ClassVar[int]
+    STEMS_FIELD_NUMBER: _ClassVar[int]
     model: str
     sample_rate: int
     channels: int
     parameters: Parameters
     client_name: str
     return_stems: bool
-    def __init__(self, model: _Optional[str] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., parameters: _Optional[_Union[Parameters, _Mapping]] = ..., client_name: _Optional[str] = ..., return_stems: _Optional[bool] = ...) -> None: ...
+    stems: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., parameters: _Optional[_Union[Parameters, _Mapping]] = ..., client_name: _Optional[str] = ..., return_stems: _Optional[bool] = ..., stems: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AudioBlock(_message.Message):
     __slots__ = ("seq", "position", "frames", "pcm")

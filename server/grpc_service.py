@@ -236,12 +236,15 @@ class SeparationServicer(pb_grpc.SeparationServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message of a Stream must be `open`")
         assert first is not None
         open_ = first.open
+        params = parameters_dict(open_.parameters)
+        if open_.stems:
+            params["stems"] = list(open_.stems)
         try:
             info = self.engine.open_session(
                 open_.model,
                 sample_rate=open_.sample_rate,
                 channels=open_.channels,
-                params=parameters_dict(open_.parameters),
+                params=params,
                 realtime=True,
                 name=open_.client_name or context.peer(),
             )
