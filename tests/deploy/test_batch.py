@@ -78,8 +78,9 @@ def batch(folder: Path, out: Path, checkpoint: Path, ray_temp: Path) -> tuple[in
 
 def separate(path: Path, out: Path, checkpoint: Path) -> None:
     """``stemserve separate FILE`` with the same model and settings (in this process: no Ray)."""
+    # Batch's layout (out/<stem>.<ext>) and its unscaled samples.
     argv = ["separate", str(path), "--model", f"tiny={checkpoint}", "--out", str(out), "--device", "cpu",
-            "--threads", "1"]  # fmt: skip
+            "--threads", "1", "--filename", "{stem}.{ext}", "--clip", "none"]  # fmt: skip
     assert cli.main(argv) == 0
 
 

@@ -249,7 +249,7 @@ def test_graceful_stop_moves_sessions_and_file_jobs_to_the_other_server(
     for j, path in enumerate(files):
         source, _ = sf.read(path, dtype="int16")
         for stem in ("speech", "noise"):
-            got, _ = sf.read(tmp_path / f"stems-{j}" / f"{stem}.wav", dtype="int16")
+            got, _ = sf.read(tmp_path / f"stems-{j}" / "ident" / path.stem / f"{stem}.wav", dtype="int16")
             assert np.array_equal(got, source), f"job {j} stem {stem} is not the input"
 
 

@@ -123,6 +123,6 @@ def test_stemserve_separate_with_an_open_unmix_folder_writes_the_packages_stems(
     )
     assert result.returncode == 0, result.stderr[-2000:]
     for i, target in enumerate(targets):
-        written, rate = sf.read(out / f"{target}.wav", dtype="float32", always_2d=True)
+        written, rate = sf.read(out / "umx" / "song" / f"{target}.wav", dtype="float32", always_2d=True)
         assert rate == 44100
         assert_same(written.T, expected[i], 44100)

@@ -93,7 +93,7 @@ def test_separate_cli_against_a_server_writes_pcm16_stems_of_the_input_length(
     )
     assert done.returncode == 0, done.stderr
     for name in ("drums", "bass"):
-        info = sf.info(str(tmp_path / "stems" / f"{name}.wav"))
+        info = sf.info(str(tmp_path / "stems" / "multi" / "take" / f"{name}.wav"))
         assert (info.frames, info.samplerate, info.channels, info.subtype) == (audio.shape[1], RATE, 1, "PCM_16")
     assert "100%" in done.stderr  # the tqdm bar ran to the end
 
@@ -114,7 +114,7 @@ def test_separate_cli_without_server_uses_an_embedded_one(checkpoints: dict[str,
     )
     assert done.returncode == 0, done.stderr
     for name in ("vocals", "drums", "bass", "other"):
-        info = sf.info(str(tmp_path / "stems" / f"{name}.flac"))
+        info = sf.info(str(tmp_path / "stems" / "tiny" / "take" / f"{name}.flac"))
         assert (info.frames, info.channels, info.format, info.subtype) == (audio.shape[1], 2, "FLAC", "PCM_24")
 
 
