@@ -455,7 +455,7 @@ class StreamLink:
                 return  # half-close: the server answers every block sent so far, then ends
             self._log_callback_errors()
             self._check_stall(session)
-            self._check_behind()
+            self._check_behind(session)
             # Read write_pos before reset_taken: the callback bumps reset_taken
             # before writing post-reset input, so input seen here is never past
             # a reset we have not seen.
@@ -509,7 +509,7 @@ class StreamLink:
             log.warning("no reply from the server for %.1f s; reconnecting", self.settings.stall_timeout_s)
             session.call.cancel()
 
-    def _check_behind(self) -> None:
+    def _check_behind(self, session: _Session) -> None:
         """Once per window: warn when most played frames came back dry or the server said it is overloaded."""
         now = time.monotonic()
         if self._window_start == 0.0:
@@ -532,7 +532,8 @@ class StreamLink:
             advice = (
                 "use a causal model (the causal Conv-TasNet) or a faster server"
                 if one is not None
-                else "ask for one stem (--stems vocals) or use the causal Conv-TasNet"
+                else f"ask for one stem (--stems {session.sources[0] if session.sources else 'vocals'}) "
+                "or use the causal Conv-TasNet"
             )
             message = f"server behind: {100 * fraction:.0f} % of frames dry, {overloaded} OVERLOADED in {elapsed:.1f} s"
             self._set_status("behind", message)
