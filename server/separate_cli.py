@@ -91,7 +91,7 @@ def output_for(path: Path, args: argparse.Namespace) -> Output:
 
     info = sf.info(str(path))
     if args.format is None:
-        fmt, ext, fallback = info.format, path.suffix.lstrip(".").lower(), info.subtype
+        fmt, ext, fallback = info.format, path.suffix.lstrip("."), info.subtype  # the extension as given
     else:
         (fmt, fallback), ext = FORMATS[args.format], args.format
     if fmt not in sf.available_formats():
