@@ -256,6 +256,12 @@ class Bridge:
         target = self.params.target
         if target is not None and target not in info.sources:
             target = info.sources[0] if info.sources else None
+        # A trial session beside the running one: a refusal leaves the running session as it is.
+        why = self.link.probe(name, target)
+        if why is not None:
+            self.counters.model_refused += 1
+            log.warning("model change to %r refused, staying with %r: %s", name, self.link.model, why)
+            return False
         self.link.request_model(name, target)
         return True
 

@@ -211,12 +211,55 @@ class StreamLink:
     def request_model(self, name: str, target: str | None) -> None:
         """Switch to ``name`` (with ``target``) at the next block boundary; the bridge has checked its latency.
 
-        The new session is a trial: if its reported latency does not fit the
-        bridge's, it is closed and the previous model re-opened.
+        The bridge has already opened a trial session beside the running one
+        (:meth:`probe`). Should the switch still fail (the server changed
+        meanwhile), the new session is refused and the previous model re-opened.
         """
         self._pending_target = target
         self._pending_model = name
         self.data_ready.set()
+
+    def probe(self, model: str, target: str | None, timeout: float = 10.0) -> str | None:
+        """Open a trial session on ``model`` beside the running one, then close it: None if it fits, else why not.
+
+        The running session is not touched: a refusal (a full server, a latency that
+        does not fit, stems the model lacks) costs the track nothing.
+        """
+        parameters = self.params.to_proto()
+        parameters.ClearField("target")
+        if target is not None:
+            parameters.target = target
+        request = pb.StreamRequest(open=self._open_message(model, parameters))
+        read = threading.Event()
+
+        def requests() -> Iterator[pb.StreamRequest]:
+            yield request
+            read.wait(timeout)  # keep the call open until `opened` has been read
+
+        with self._channel() as channel:
+            call = pb_grpc.SeparationStub(channel).Stream(requests(), metadata=self.metadata, timeout=timeout)
+            try:
+                for reply in call:
+                    if reply.WhichOneof("kind") == "opened":
+                        return self.timeline.misfit(int(reply.opened.latency.total))
+                return "the server ended the trial session before opening it"
+            except grpc.RpcError as err:
+                code = _code(err)
+                details = err.details() if isinstance(err, grpc.Call) else str(err)
+                return f"{getattr(code, 'name', code)}: {details}"
+            finally:
+                read.set()
+                call.cancel()
+
+    def _open_message(self, model: str, parameters: pb.Parameters) -> pb.OpenSession:
+        return pb.OpenSession(
+            model=model,
+            sample_rate=self.settings.sample_rate,
+            channels=self.settings.channels,
+            parameters=parameters,
+            client_name=self.settings.client_name,
+            stems=list(self.settings.stems),
+        )
 
     def list_models(self, timeout: float = 2.0) -> list[pb.ModelInfo]:
         """The server's models (a short-lived channel; control thread)."""
@@ -425,16 +468,7 @@ class StreamLink:
             parameters.ClearField("target")
             if session.trial_target is not None:
                 parameters.target = session.trial_target
-        yield pb.StreamRequest(
-            open=pb.OpenSession(
-                model=session.model,
-                sample_rate=self.settings.sample_rate,
-                channels=self.settings.channels,
-                parameters=parameters,
-                client_name=self.settings.client_name,
-                stems=list(self.settings.stems),
-            )
-        )
+        yield pb.StreamRequest(open=self._open_message(session.model, parameters))
         while not session.opened.wait(0.05):
             if self._stop.is_set() or session.done.is_set():
                 return

@@ -114,6 +114,15 @@ class Timeline:
         self.reset_taken = 0
         self.reset_pos = 0
 
+    def misfit(self, server_total: int) -> str | None:
+        """Why a session with server latency ``server_total`` could not be placed (None: it fits). Changes nothing."""
+        total = self.total if self.total is not None else self._preset
+        if server_total > self.capacity_limit:
+            return f"its latency {server_total} exceeds the bridge's buffer limit {self.capacity_limit}"
+        if total is not None and server_total > total:
+            return f"its latency {server_total} exceeds the bridge's fixed latency {total}"
+        return None
+
     def admit(self, model: int, buffering: int, resampler: int, server_total: int, counters: Counters) -> int | None:
         """Place a new session with server latency ``server_total``: returns ``total - L`` or None if it cannot fit.
 
