@@ -298,7 +298,7 @@ class ModelStats(_message.Message):
     def __init__(self, name: _Optional[str] = ..., windows: _Optional[int] = ..., batches: _Optional[int] = ..., batch_sizes: _Optional[_Mapping[int, int]] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("sessions", "blocks_in", "blocks_out", "blocks_late", "invalid_samples", "models", "block_ms_p50", "block_ms_p99", "block_ms_max", "device_memory_bytes", "extra_json")
+    __slots__ = ("sessions", "blocks_in", "blocks_out", "blocks_late", "invalid_samples", "models", "block_ms_p50", "block_ms_p99", "block_ms_max", "device_memory_bytes", "extra_json", "file_block_ms_p50", "file_block_ms_p99", "file_block_ms_max")
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_IN_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_OUT_FIELD_NUMBER: _ClassVar[int]
@@ -310,6 +310,9 @@ class GetStatsResponse(_message.Message):
     BLOCK_MS_MAX_FIELD_NUMBER: _ClassVar[int]
     DEVICE_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     EXTRA_JSON_FIELD_NUMBER: _ClassVar[int]
+    FILE_BLOCK_MS_P50_FIELD_NUMBER: _ClassVar[int]
+    FILE_BLOCK_MS_P99_FIELD_NUMBER: _ClassVar[int]
+    FILE_BLOCK_MS_MAX_FIELD_NUMBER: _ClassVar[int]
     sessions: int
     blocks_in: int
     blocks_out: int
@@ -321,4 +324,7 @@ class GetStatsResponse(_message.Message):
     block_ms_max: float
     device_memory_bytes: int
     extra_json: str
-    def __init__(self, sessions: _Optional[int] = ..., blocks_in: _Optional[int] = ..., blocks_out: _Optional[int] = ..., blocks_late: _Optional[int] = ..., invalid_samples: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelStats, _Mapping]]] = ..., block_ms_p50: _Optional[float] = ..., block_ms_p99: _Optional[float] = ..., block_ms_max: _Optional[float] = ..., device_memory_bytes: _Optional[int] = ..., extra_json: _Optional[str] = ...) -> None: ...
+    file_block_ms_p50: float
+    file_block_ms_p99: float
+    file_block_ms_max: float
+    def __init__(self, sessions: _Optional[int] = ..., blocks_in: _Optional[int] = ..., blocks_out: _Optional[int] = ..., blocks_late: _Optional[int] = ..., invalid_samples: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelStats, _Mapping]]] = ..., block_ms_p50: _Optional[float] = ..., block_ms_p99: _Optional[float] = ..., block_ms_max: _Optional[float] = ..., device_memory_bytes: _Optional[int] = ..., extra_json: _Optional[str] = ..., file_block_ms_p50: _Optional[float] = ..., file_block_ms_p99: _Optional[float] = ..., file_block_ms_max: _Optional[float] = ...) -> None: ...

@@ -207,6 +207,7 @@ class SeparationServicer(pb_grpc.SeparationServicer):
             for name, m in stats.get("models", {}).items()
         ]
         block_ms = stats.get("block_ms", {})
+        file_ms = stats.get("block_ms_file", {})
         extra = dict(stats)
         if self._extra_stats is not None:
             extra.update(self._extra_stats())
@@ -220,6 +221,9 @@ class SeparationServicer(pb_grpc.SeparationServicer):
             block_ms_p50=float(block_ms.get("p50", 0.0)),
             block_ms_p99=float(block_ms.get("p99", 0.0)),
             block_ms_max=float(block_ms.get("max", 0.0)),
+            file_block_ms_p50=float(file_ms.get("p50", 0.0)),
+            file_block_ms_p99=float(file_ms.get("p99", 0.0)),
+            file_block_ms_max=float(file_ms.get("max", 0.0)),
             device_memory_bytes=int(stats.get("device_memory_bytes", 0)),
             extra_json=json.dumps(extra, default=str),
         )

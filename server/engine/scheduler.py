@@ -277,7 +277,7 @@ class ModelScheduler:
         while session.pending and session.ready(session.pending[0]):
             request = session.pending.popleft()
             result = session.emit(request, now)
-            self.block_stats.record(result.processing_ms, result.late)
+            self.block_stats.record(result.processing_ms, result.late, live=session.realtime)
             _resolve(request.future, result)
 
     def _wait_for_more(self) -> bool:
