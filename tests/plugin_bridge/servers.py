@@ -32,7 +32,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def tiny_engine() -> Engine:
     # Admission is measured against this machine's speed, which other work skews: off for tests.
-    engine = Engine(EngineConfig(device="cpu", max_wait_ms=2.0, max_batch=8, realtime_capacity=float("inf")))
+    # The bridge tests check a live session against a file job of the same audio, so file jobs here
+    # follow the live plan (the same computation); the throughput plan has its own tests
+    # (tests/server/engine/test_file_plan.py).
+    config = EngineConfig(device="cpu", max_wait_ms=2.0, max_batch=8, realtime_capacity=float("inf"), file_plan="live")
+    engine = Engine(config)
     engine.load_model(
         "ident", model=TinyCausalNet(TinyCausalConfig(sample_rate=RATE, channels=CHANNELS, identity=True))
     )
