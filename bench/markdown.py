@@ -16,7 +16,7 @@ def section(folder: Path, item: str) -> str:
     if not path.exists():
         return f"<!-- {item}: no results in {folder} -->\n"
     document = json.loads(path.read_text())
-    columns = getattr(importlib.import_module(f"bench.{item}"), "COLUMNS", None)
+    columns = getattr(importlib.import_module(f"stemserve.bench.{item}"), "COLUMNS", None)
     m = document["machine"]
     settings = document["settings"]
     lines = [
