@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import grpc
 import numpy as np
 import pytest
 import torch
 from stemserve.models import registry
 from stemserve.plugin_bridge.bridge import Bridge, BridgeSettings
+from stemserve.protos import stemserve_pb2 as pb
+from stemserve.protos import stemserve_pb2_grpc as pb_grpc
 from stemserve.server.embedded import EmbeddedServer
 from stemserve.server.engine import Engine, EngineConfig
 
@@ -61,11 +64,23 @@ def audio() -> np.ndarray:
     return (0.3 * np.random.default_rng(5).standard_normal((CHANNELS, RATE))).astype(np.float32)
 
 
+def windows_run(address: str, model: str) -> int:
+    """Work items (one per conditioned pass per window) the server has run for ``model``."""
+    with grpc.insecure_channel(address) as channel:
+        stats = pb_grpc.SeparationStub(channel).GetStats(pb.GetStatsRequest())
+    return next(int(m.windows) for m in stats.models if m.name == model)
+
+
 def test_a_one_stem_session_gets_only_that_stem_and_equals_the_four_stem_target(
     unet_server: str, audio: np.ndarray
 ) -> None:
+    start = windows_run(unet_server, "plain")
     one, one_sources = render(unet_server, "plain", ("vocals",), audio)
+    middle = windows_run(unet_server, "plain")
     four, four_sources = render(unet_server, "plain", (), audio)
+    end = windows_run(unet_server, "plain")
+    # One stem of four: a quarter of the conditioned passes.
+    assert (end - middle) == 4 * (middle - start) > 0, (start, middle, end)
     assert one_sources == ("vocals",)
     assert len(four_sources) == 4 and "vocals" in four_sources
     assert np.max(np.abs(four)) > 1e-3  # the model says something: the comparison is not of silences
