@@ -236,7 +236,11 @@ def run(args: argparse.Namespace) -> int:
 
     report = bridge.start(wait_s=args.connect_timeout)
     if report is None:
-        print(f"stemserve bridge: no session on {args.server} yet; passing silence and retrying", flush=True)
+        why = bridge.status()["status_message"]
+        print(
+            f"stemserve bridge: no session on {args.server} yet ({why or 'no answer'}); passing silence and retrying",
+            flush=True,
+        )
     try:
         if front_kind == "jack":
             front.attach(bridge)
