@@ -2,6 +2,7 @@
 
 * Nothing listening on the port: ``stemserve separate`` exits non-zero within 5 s with
   "cannot reach ADDR: connection refused" (not a 300 s wait).
+* A server that is up but warming (health NOT_SERVING) is waited for, and the job then runs.
 * A refused job on FLAC and MP3 inputs (an unknown stem) never crashes the client
   (the request iterator owns the file), ends with the server's reason and exit code 2,
   and leaves no empty ``--out`` folder.
@@ -63,3 +64,30 @@ def test_a_refused_flac_or_mp3_job_never_crashes_the_client(
         assert done.returncode == 2, (run, done.returncode, done.stderr[-2000:])  # a crash is -11 / -6
         assert "vocal" in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
         assert not out.exists()
+
+
+def test_a_warming_server_is_waited_for_and_then_separates(tmp_path: Path) -> None:
+    """Up but NOT_SERVING (warming up): the client waits, then the job runs (no 'cannot reach')."""
+    from tests.deploy.fleet import serving, start_server, stop_process
+    from tests.plugin_bridge.servers import CHANNELS
+    from tests.plugin_bridge.servers import RATE as SERVER_RATE
+
+    port = closed_port()
+    proc = start_server(port, tmp_path / "server.log", warm_up_delay=6.0)
+    try:
+        address = f"127.0.0.1:{port}"
+        assert not serving(address), "the server should still be warming up"
+        path = tmp_path / "take.wav"
+        audio = (0.3 * np.random.default_rng(4).standard_normal((SERVER_RATE // 2, CHANNELS))).astype(np.float32)
+        sf.write(path, audio, SERVER_RATE, subtype="FLOAT")
+        out = tmp_path / "out"
+        done = run_cli("separate", str(path), "--server", address, "-n", "ident", "--out", str(out), "--wait", "60")
+        assert done.returncode == 0, done.stderr
+        assert "cannot reach" not in done.stderr
+        written = sorted(out.rglob("*.wav"))
+        assert written, "no stems written"
+        for stem in written:
+            data, rate = sf.read(stem, dtype="float32")
+            assert rate == SERVER_RATE and data.shape == audio.shape
+    finally:
+        stop_process(proc)
