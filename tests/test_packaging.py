@@ -61,6 +61,10 @@ def test_the_wheel_installs_only_the_stemserve_package(venv: Path) -> None:
     weights = {p.name for p in (site_packages(venv) / "stemserve" / "models" / "weights").iterdir()}
     assert "conditioned_unet.safetensors" in weights
     assert (site_packages(venv) / "stemserve" / "models" / "demo" / "demo.wav").is_file()
+    # So do the LV2 plugin's sources (`stemserve plugin install` builds them) and the proto they are generated from.
+    lv2 = site_packages(venv) / "stemserve" / "plugin_bridge" / "lv2"
+    assert (lv2 / "CMakeLists.txt").is_file() and (lv2 / "ttl" / "stemserve.ttl").is_file()
+    assert (site_packages(venv) / "stemserve" / "protos" / "stemserve.proto").is_file()
 
 
 def test_separate_works_from_a_folder_with_its_own_models_and_server_packages(venv: Path, tmp_path: Path) -> None:
