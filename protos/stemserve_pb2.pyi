@@ -147,20 +147,26 @@ class Stem(_message.Message):
     def __init__(self, name: _Optional[str] = ..., pcm: _Optional[bytes] = ...) -> None: ...
 
 class StemBlock(_message.Message):
-    __slots__ = ("seq", "position", "frames", "pcm", "stems", "late")
+    __slots__ = ("seq", "position", "frames", "pcm", "stems", "late", "activity", "lead_voicing", "lead_f0_hz")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     PCM_FIELD_NUMBER: _ClassVar[int]
     STEMS_FIELD_NUMBER: _ClassVar[int]
     LATE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVITY_FIELD_NUMBER: _ClassVar[int]
+    LEAD_VOICING_FIELD_NUMBER: _ClassVar[int]
+    LEAD_F0_HZ_FIELD_NUMBER: _ClassVar[int]
     seq: int
     position: int
     frames: int
     pcm: bytes
     stems: _containers.RepeatedCompositeFieldContainer[Stem]
     late: bool
-    def __init__(self, seq: _Optional[int] = ..., position: _Optional[int] = ..., frames: _Optional[int] = ..., pcm: _Optional[bytes] = ..., stems: _Optional[_Iterable[_Union[Stem, _Mapping]]] = ..., late: _Optional[bool] = ...) -> None: ...
+    activity: _containers.RepeatedScalarFieldContainer[float]
+    lead_voicing: float
+    lead_f0_hz: float
+    def __init__(self, seq: _Optional[int] = ..., position: _Optional[int] = ..., frames: _Optional[int] = ..., pcm: _Optional[bytes] = ..., stems: _Optional[_Iterable[_Union[Stem, _Mapping]]] = ..., late: _Optional[bool] = ..., activity: _Optional[_Iterable[float]] = ..., lead_voicing: _Optional[float] = ..., lead_f0_hz: _Optional[float] = ...) -> None: ...
 
 class SessionStatus(_message.Message):
     __slots__ = ("code", "message", "seq", "count")
@@ -203,18 +209,30 @@ class StreamResponse(_message.Message):
     def __init__(self, opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., block: _Optional[_Union[StemBlock, _Mapping]] = ..., status: _Optional[_Union[SessionStatus, _Mapping]] = ...) -> None: ...
 
 class SeparateStart(_message.Message):
-    __slots__ = ("model", "sample_rate", "channels", "stems", "total_frames")
+    __slots__ = ("model", "sample_rate", "channels", "stems", "total_frames", "shifts", "split", "overlap", "segment_seconds", "niter", "residual")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     STEMS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    SHIFTS_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    NITER_FIELD_NUMBER: _ClassVar[int]
+    RESIDUAL_FIELD_NUMBER: _ClassVar[int]
     model: str
     sample_rate: int
     channels: int
     stems: _containers.RepeatedScalarFieldContainer[str]
     total_frames: int
-    def __init__(self, model: _Optional[str] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., stems: _Optional[_Iterable[str]] = ..., total_frames: _Optional[int] = ...) -> None: ...
+    shifts: int
+    split: bool
+    overlap: float
+    segment_seconds: float
+    niter: int
+    residual: bool
+    def __init__(self, model: _Optional[str] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., stems: _Optional[_Iterable[str]] = ..., total_frames: _Optional[int] = ..., shifts: _Optional[int] = ..., split: _Optional[bool] = ..., overlap: _Optional[float] = ..., segment_seconds: _Optional[float] = ..., niter: _Optional[int] = ..., residual: _Optional[bool] = ...) -> None: ...
 
 class SeparateRequest(_message.Message):
     __slots__ = ("start", "pcm")
