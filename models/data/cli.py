@@ -5,6 +5,7 @@
     stemserve data music  --out data/music  --tracks 200 --seconds 10 --seed 0 [--valid 20 --test 20 --workers 2]
                           [--soundfonts train --timing-ms 8 --velocity-spread 8 --effects --loudness-db 4]
     stemserve data speech --out data/speech --mixtures 2000 --seconds 4 --seed 0 [--rate 8000]
+                          [--engines espeak-ng,flite --voices slt,awb]
 
 Both are deterministic: the same arguments write byte-identical files, and a
 track / mixture already on disk with the same settings is skipped, so an
@@ -46,7 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--effects", action="store_true", help="a random SoX chain per stem: EQ, shelf, compressor, reverb")
     m.add_argument("--loudness-db", type=float, default=0.0, help="per-stem gain uniform in +-this (default 0)")
 
-    s = sub.add_parser("speech", help="two-speaker espeak-ng mixtures (wsj0-2mix layout)")
+    s = sub.add_parser("speech", help="two-speaker espeak-ng / flite mixtures (wsj0-2mix layout)")
     s.add_argument("--out", required=True, help="output folder (tr/, cv/, tt/ inside)")
     s.add_argument("--mixtures", type=int, required=True, help="training mixtures")
     s.add_argument("--seconds", type=float, default=4.0, help="mixture length (default 4)")
@@ -54,12 +55,35 @@ def configure(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--valid", type=int, default=None, help="validation mixtures (default: mixtures / 10, at least 1)")
     s.add_argument("--test", type=int, default=None, help="test mixtures (default: mixtures / 10, at least 1)")
     s.add_argument("--rate", type=int, default=8000, choices=(8000, 16000), help="sample rate (default 8000)")
-    s.add_argument("--workers", type=int, default=None, help="espeak-ng processes at a time (default: CPU count)")
+    s.add_argument("--workers", type=int, default=None, help="synthesiser processes at a time (default: CPU count)")
     s.add_argument("--subtype", default="FLOAT", choices=("FLOAT", "PCM_16"), help="wav sample format")
+    s.add_argument(
+        "--engines",
+        default="train",
+        help="comma-separated synthesisers each speaker draws from (espeak-ng, flite; 'train' = espeak-ng alone, "
+        "what the bundled models were trained on; 'held-out' = flite)",
+    )
+    s.add_argument(
+        "--voices",
+        default="",
+        help="comma-separated voices to draw from (espeak-ng languages such as en,de; flite voices "
+        "kal,kal16,awb,rms,slt); default: every voice of the engines",
+    )
 
 
 def _held_out(count: int | None, train: int) -> int:
     return max(1, train // 10) if count is None else count
+
+
+def _engines(text: str) -> tuple[str, ...]:
+    from stemserve.models.data import speech
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["train"]:
+        return speech.TRAIN_ENGINES
+    if names == ["held-out"]:
+        return (speech.HELD_OUT_ENGINE,)
+    return tuple(names)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,7 +130,13 @@ def run(args: argparse.Namespace) -> int:
         "tt": _held_out(args.test, args.mixtures),
     }
     try:
-        speech_settings = speech.SpeechSettings(seconds=args.seconds, sample_rate=args.rate, subtype=args.subtype)
+        speech_settings = speech.SpeechSettings(
+            seconds=args.seconds,
+            sample_rate=args.rate,
+            subtype=args.subtype,
+            engines=_engines(args.engines),
+            voices=tuple(v.strip() for v in args.voices.split(",") if v.strip()),
+        )
         with tqdm(total=sum(counts.values()), unit="mix", desc="synthesising") as bar:
             speech.render_dataset(args.out, counts, args.seed, speech_settings, workers, lambda *_: bar.update())
     except (ValueError, speech.SynthesisError) as err:

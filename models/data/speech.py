@@ -1,18 +1,25 @@
-"""Two-speaker speech mixtures synthesised with espeak-ng (wsj0-2mix style).
+"""Two-speaker speech mixtures synthesised with espeak-ng or flite (wsj0-2mix style).
 
-Each speaker is an espeak-ng voice, a voice variant (``en+m3``, ``de+f2``...), a
-pitch and a speaking rate; each utterance is a random sentence (or several)
-from a built-in word list. Two different speakers are mixed at a random
-signal-to-noise ratio between -5 and 5 dB (the level of ``s1`` relative to
-``s2`` over the whole utterance), at 8 kHz (or 16 kHz) after resampling
-espeak-ng's 22.05 kHz output with soxr. The layout is wsj0-2mix's::
+Each speaker is a synthesiser (``engine``), one of its voices, a voice variant
+(espeak-ng: ``en+m3``, ``de+f2``...; flite has none), a pitch and a speaking
+rate; each utterance is a random sentence (or several) from a built-in word
+list. Two different speakers are mixed at a random signal-to-noise ratio
+between -5 and 5 dB (the level of ``s1`` relative to ``s2`` over the whole
+utterance), at 8 kHz (or 16 kHz) after resampling the synthesiser's output
+(espeak-ng 22.05 kHz, flite 8 or 16 kHz) with soxr. The layout is wsj0-2mix's::
 
     OUT/{tr,cv,tt}/{mix,s1,s2}/<id>.wav      (mono)
     OUT/{tr,cv,tt}/mixtures.json             (speakers, texts, SNR per id)
 
 The sources are written scaled, and ``mix`` is the sum of the sources as
 written, so ``mix == s1 + s2`` holds on the files. Everything is a function of
-:func:`mixture_seed` ``(base seed, split, index)``.
+:func:`mixture_seed` ``(base seed, split, index)`` and the settings.
+
+``SpeechSettings.engines`` is the pool each speaker draws its engine from. The
+default is espeak-ng alone, which renders exactly what the renderer rendered
+before engines existed (same random draws, same files); the bundled speech
+models were trained on it, so **flite is the held-out engine** (``HELD_OUT_ENGINE``),
+as TimGM6mb is the held-out soundfont of the music renderer.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import logging
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -53,6 +61,14 @@ MALE_VARIANTS: tuple[str, ...] = (
     "m1", "m2", "m3", "m4", "m5", "m6", "m7", "klatt", "klatt2", "klatt3", "david", "john", "max", "paul", "robert",
 )  # fmt: skip
 FEMALE_VARIANTS: tuple[str, ...] = ("f1", "f2", "f3", "f4", "f5", "Annie", "linda", "steph", "belinda", "Alicia")
+
+ENGINES: tuple[str, ...] = ("espeak-ng", "flite")
+TRAIN_ENGINES: tuple[str, ...] = ("espeak-ng",)
+HELD_OUT_ENGINE = "flite"
+# flite's built-in English voices (Debian's flite package): kal (diphone, 8 kHz), kal16
+# (diphone, 16 kHz), awb, rms and slt (clustergen, 16 kHz). awb_time only speaks clock times.
+FLITE_VOICES: tuple[str, ...] = ("kal", "kal16", "awb", "rms", "slt")
+ENGINE_VOICES: dict[str, tuple[str, ...]] = {"espeak-ng": VOICES, "flite": FLITE_VOICES}
 
 WORDS: tuple[str, ...] = tuple(
     [
@@ -242,7 +258,7 @@ WORDS: tuple[str, ...] = tuple(
 
 
 class SynthesisError(RuntimeError):
-    """espeak-ng failed or is missing."""
+    """A synthesiser (espeak-ng, flite) failed or is missing."""
 
 
 def mixture_seed(base_seed: int, split: str, index: int) -> int:
@@ -259,23 +275,62 @@ def mixture_seed(base_seed: int, split: str, index: int) -> int:
 
 @dataclass(frozen=True)
 class Speaker:
-    """An espeak-ng speaker: voice, variant, pitch (0-99) and rate (words per minute)."""
+    """A speaker: engine, voice, variant (espeak-ng only, else ""), pitch (0-99) and rate (words per minute).
+
+    flite has no pitch or rate scale of its own: pitch scales the voice's f0 by
+    0.75 + 0.6 * pitch / 99 (about 0.9-1.2 for the drawn 20-79) and rate
+    stretches durations by 160 / rate. The rms voice ignores the f0 scale.
+    """
 
     voice: str
     variant: str
     pitch: int
     rate: int
+    engine: str = "espeak-ng"
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; expected one of {ENGINES}")
 
     @property
     def name(self) -> str:
+        if self.engine == "flite":
+            return f"flite:{self.voice}"
         return f"{self.voice}+{self.variant}"
 
+    def describe(self) -> dict[str, Any]:
+        """The speaker as recorded in ``mixtures.json`` (no ``engine`` key for espeak-ng, as before engines)."""
+        info = asdict(self)
+        if self.engine == "espeak-ng":
+            del info["engine"]
+        return info
 
-def random_speaker(rng: np.random.Generator) -> Speaker:
+
+def random_speaker(
+    rng: np.random.Generator, engines: tuple[str, ...] = TRAIN_ENGINES, voices: tuple[str, ...] = ()
+) -> Speaker:
+    """A random speaker of one of ``engines``, restricted to ``voices`` when given.
+
+    With one engine no draw picks it, so the espeak-ng default draws what it drew before engines existed.
+    """
+    engine = engines[0] if len(engines) == 1 else engines[int(rng.integers(len(engines)))]
+    if engine == "flite":
+        pool = tuple(v for v in FLITE_VOICES if not voices or v in voices)
+        return Speaker(
+            voice=pool[int(rng.integers(len(pool)))],
+            variant="",
+            pitch=int(rng.integers(20, 80)),
+            rate=int(rng.integers(120, 200)),
+            engine="flite",
+        )
     female = rng.random() < 0.5
     variants = FEMALE_VARIANTS if female else MALE_VARIANTS
     english = rng.random() < 0.7
-    voice = VOICES[int(rng.integers(7))] if english else VOICES[int(rng.integers(7, len(VOICES)))]
+    if voices:
+        pool = tuple(v for v in VOICES if v in voices)
+        voice = pool[int(rng.integers(len(pool)))]
+    else:
+        voice = VOICES[int(rng.integers(7))] if english else VOICES[int(rng.integers(7, len(VOICES)))]
     return Speaker(
         voice=voice,
         variant=variants[int(rng.integers(len(variants)))],
@@ -285,7 +340,7 @@ def random_speaker(rng: np.random.Generator) -> Speaker:
 
 
 def different(a: Speaker, b: Speaker) -> bool:
-    """Two speakers are different when voice+variant differ or their pitch differs clearly."""
+    """Two speakers are different when engine, voice or variant differ, or their pitch differs clearly."""
     return a.name != b.name or abs(a.pitch - b.pitch) >= 15
 
 
@@ -301,8 +356,50 @@ def espeak_binary() -> str:
     return binary
 
 
-def synthesise(text: str, speaker: Speaker) -> np.ndarray:
-    """``text`` spoken by ``speaker``: float32 mono at espeak-ng's 22.05 kHz."""
+def flite_binary() -> str:
+    binary = shutil.which("flite")
+    if binary is None:
+        raise SynthesisError("the flite command is not installed (apt-get install flite)")
+    return binary
+
+
+def engine_binary(engine: str) -> str:
+    """The path of ``engine``'s command; SynthesisError when it is not installed."""
+    if engine == "flite":
+        return flite_binary()
+    if engine == "espeak-ng":
+        return espeak_binary()
+    raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
+
+
+def synthesise(text: str, speaker: Speaker) -> tuple[np.ndarray, int]:
+    """``text`` spoken by ``speaker``: float32 mono and its sample rate (the engine's own)."""
+    if speaker.engine == "flite":
+        return _flite(text, speaker)
+    return _espeak(text, speaker), ESPEAK_RATE
+
+
+def _flite(text: str, speaker: Speaker) -> tuple[np.ndarray, int]:
+    # flite writes only to a named file (no stdout); the audio is read back before the folder goes.
+    with tempfile.TemporaryDirectory(prefix="stemserve-flite-") as folder:
+        path = Path(folder) / "speech.wav"
+        command = [
+            flite_binary(),
+            "-voice", speaker.voice,
+            "--setf", f"f0_shift={0.75 + 0.6 * speaker.pitch / 99:.4f}",
+            "--setf", f"duration_stretch={160.0 / speaker.rate:.4f}",
+            "-t", text,
+            "-o", str(path),
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, check=False)
+        if result.returncode != 0 or not path.is_file() or path.stat().st_size <= 44:
+            message = result.stderr.decode(errors="replace").strip()[-500:]
+            raise SynthesisError(f"flite failed ({result.returncode}) for {speaker.name}: {message}")
+        audio, rate = sf.read(str(path), dtype="float32")
+    return np.asarray(audio, dtype=np.float32).reshape(-1), int(rate)
+
+
+def _espeak(text: str, speaker: Speaker) -> np.ndarray:
     command = [
         espeak_binary(),
         "-v", speaker.name,
@@ -336,7 +433,7 @@ def speak(rng: np.random.Generator, speaker: Speaker, num_samples: int, rate: in
     texts: list[str] = []
     while position < num_samples * 0.8:
         text = random_sentence(rng)
-        audio = resample(synthesise(text, speaker), ESPEAK_RATE, rate)
+        audio = resample(*synthesise(text, speaker), rate)
         take = min(len(audio), num_samples - position)
         out[position : position + take] = audio[:take]
         texts.append(text)
@@ -355,11 +452,31 @@ def snr_db(s1: np.ndarray, s2: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class SpeechSettings:
+    """How mixtures are rendered.
+
+    ``engines``: the pool each speaker draws its synthesiser from (``TRAIN_ENGINES``
+    by default; ``("flite",)`` renders the held-out engine). ``voices``: when not
+    empty, only these voices (names of ``VOICES`` / ``FLITE_VOICES``) are drawn.
+    """
+
     seconds: float = 4.0
     sample_rate: int = 8000
     subtype: str = "FLOAT"
+    engines: tuple[str, ...] = TRAIN_ENGINES
+    voices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if not self.engines or len(set(self.engines)) != len(self.engines):
+            raise ValueError(f"engines must be distinct names, got {self.engines}")
+        unknown = [e for e in self.engines if e not in ENGINES]
+        if unknown:
+            raise ValueError(f"unknown engines {unknown}; expected some of {ENGINES}")
+        for engine in self.engines:
+            if self.voices and not set(self.voices) & set(ENGINE_VOICES[engine]):
+                raise ValueError(f"none of the voices {self.voices} belongs to {engine}")
+        known = {v for e in self.engines for v in ENGINE_VOICES[e]}
+        if set(self.voices) - known:
+            raise ValueError(f"voices {sorted(set(self.voices) - known)} belong to none of {self.engines}")
         if self.seconds <= 0:
             raise ValueError("seconds must be > 0")
         if self.sample_rate not in RATES:
@@ -372,10 +489,10 @@ def make_mixture(seed: int, settings: SpeechSettings) -> tuple[np.ndarray, np.nd
     """Sources ``(2, T)`` float32 as they will read back, their sum ``(T,)`` and a description."""
     rng = np.random.default_rng(seed)
     num_samples = int(round(settings.seconds * settings.sample_rate))
-    first = random_speaker(rng)
-    second = random_speaker(rng)
+    first = random_speaker(rng, settings.engines, settings.voices)
+    second = random_speaker(rng, settings.engines, settings.voices)
     while not different(first, second):
-        second = random_speaker(rng)
+        second = random_speaker(rng, settings.engines, settings.voices)
     s1, texts1 = speak(rng, first, num_samples, settings.sample_rate)
     s2, texts2 = speak(rng, second, num_samples, settings.sample_rate)
     target_snr = float(rng.uniform(*SNR_RANGE))
@@ -392,7 +509,7 @@ def make_mixture(seed: int, settings: SpeechSettings) -> tuple[np.ndarray, np.nd
     info = {
         "seed": seed,
         "snr_db": snr_db(sources32[0], sources32[1]),
-        "speakers": [asdict(first), asdict(second)],
+        "speakers": [first.describe(), second.describe()],
         "texts": [texts1, texts2],
     }
     return sources32, mixture, info
@@ -431,7 +548,8 @@ def render_dataset(
         raise ValueError("mixture counts must be >= 0")
     if workers < 1:
         raise ValueError("workers must be >= 1")
-    espeak_binary()
+    for engine in settings.engines:
+        engine_binary(engine)  # fail before starting any thread
     out = Path(out_dir)
     for split, count in normalised.items():
         if count:
@@ -459,6 +577,9 @@ def render_dataset(
         "seconds": settings.seconds,
         "subtype": settings.subtype,
         "seed": base_seed,
+        # Left out at their defaults, so a default set's manifest reads as it did before engines existed.
+        **({"engines": list(settings.engines)} if settings.engines != TRAIN_ENGINES else {}),
+        **({"voices": list(settings.voices)} if settings.voices else {}),
         "splits": {split: normalised.get(split, 0) for split in SPLITS},
     }
     out.mkdir(parents=True, exist_ok=True)
