@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,8 +218,12 @@ class StemClient:
         stems: Sequence[str] = (),
         total_frames: int = 0,
         progress: Progress | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> Iterator[tuple[list[str], np.ndarray]]:
-        """Stream ``(channels, n)`` chunks up; yield ``(stem names, (S, channels, m))`` chunks back in order."""
+        """Stream ``(channels, n)`` chunks up; yield ``(stem names, (S, channels, m))`` chunks back in order.
+
+        ``options``: SeparateStart's whole-file fields by their proto names (``shifts``, ``split``,
+        ``overlap``, ``segment_seconds``, ``niter``, ``residual``); absent ones stay unset."""
 
         def requests() -> Iterator[pb.SeparateRequest]:
             yield pb.SeparateRequest(
@@ -229,6 +233,7 @@ class StemClient:
                     channels=channels,
                     stems=list(stems),
                     total_frames=total_frames,
+                    **dict(options or {}),
                 )
             )
             for chunk in chunks:

@@ -368,7 +368,10 @@ class SeparationServicer(pb_grpc.SeparationServicer):
         assert first is not None
         start = first.start
         try:  # what can be checked before the audio arrives
-            names = list(self.engine.file_stems(start.model, list(start.stems), start.sample_rate, start.channels))
+            options = start_options(start)
+            names = list(
+                self.engine.file_stems(start.model, list(start.stems), start.sample_rate, start.channels, options)
+            )
         except errors.EngineError as err:
             await abort_for(context, err)
         max_frames = reply_frames(min(self._max_message_bytes, REPLY_LIMIT_BYTES), start.channels, len(names))
@@ -388,7 +391,7 @@ class SeparationServicer(pb_grpc.SeparationServicer):
         done = 0
         try:
             async for position, stems in file_chunks(
-                self.engine, start.model, audio, start.sample_rate, list(start.stems) or None
+                self.engine, start.model, audio, start.sample_rate, list(start.stems) or None, options
             ):
                 for message in chunk_messages(position, stems, names, max_frames):
                     yield message
@@ -399,8 +402,25 @@ class SeparationServicer(pb_grpc.SeparationServicer):
         yield pb.SeparateResponse(progress=pb.Progress(frames_done=done, total_frames=start.total_frames or total))
 
 
+def start_options(start: pb.SeparateStart) -> dict[str, Any]:
+    """The whole-file options a SeparateStart sets, by :meth:`Engine.separate_file`'s names
+    (``segment_seconds`` -> ``segment``; 0 seconds means unset, as documented in the proto)."""
+    options: dict[str, Any] = {}
+    for field in ("shifts", "split", "overlap", "segment_seconds", "niter", "residual"):
+        if start.HasField(field):
+            options[field.removesuffix("_seconds")] = getattr(start, field)
+    if options.get("segment") == 0:
+        del options["segment"]
+    return options
+
+
 async def file_chunks(
-    engine: Engine, model: str, audio: np.ndarray, sample_rate: int, stems: list[str] | None
+    engine: Engine,
+    model: str,
+    audio: np.ndarray,
+    sample_rate: int,
+    stems: list[str] | None,
+    options: dict[str, Any] | None = None,
 ) -> AsyncIterator[tuple[int, np.ndarray]]:
     """:meth:`Engine.separate_file`'s ``(start, (S, C, n))`` chunks, each computed off the event loop.
 
@@ -408,10 +428,13 @@ async def file_chunks(
     chunk being computed is done (a generator cannot be closed while it runs).
     """
     if audio.shape[1] == 0:
-        engine.file_stems(model, stems or [], sample_rate, audio.shape[0])  # the same errors as a non-empty file
+        engine.file_stems(model, stems or [], sample_rate, audio.shape[0], options)  # a non-empty file's errors
         return
     # a generator (it closes its session when closed)
-    jobs = cast(Generator[tuple[int, np.ndarray], None, None], engine.separate_file(model, audio, sample_rate, stems))
+    jobs = cast(
+        Generator[tuple[int, np.ndarray], None, None],
+        engine.separate_file(model, audio, sample_rate, stems, options=options),
+    )
     loop = asyncio.get_running_loop()
     running: asyncio.Future[tuple[int, np.ndarray] | None] | None = None
     try:
@@ -439,7 +462,7 @@ def stem_block(seq: int, position: int, result: BlockResult, return_stems: bool)
     stems = []
     if return_stems:
         stems = [pb.Stem(name=n, pcm=pcm.encode(s)) for n, s in zip(result.stem_names, result.stems, strict=True)]
-    return pb.StemBlock(
+    block = pb.StemBlock(
         seq=seq,
         position=position,
         frames=result.output.shape[1],
@@ -447,6 +470,11 @@ def stem_block(seq: int, position: int, result: BlockResult, return_stems: bool)
         stems=stems,
         late=result.late,
     )
+    if result.heads is not None:  # a model with heads (server/engine/heads.py)
+        block.activity.extend(result.heads.activity)
+        block.lead_voicing = result.heads.voicing
+        block.lead_f0_hz = result.heads.f0_hz
+    return block
 
 
 def chunk_messages(position: int, stems: np.ndarray, names: list[str], max_frames: int) -> list[pb.SeparateResponse]:

@@ -13,9 +13,10 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -63,6 +64,37 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="when a stem peaks above full scale: scale all stems of the track down together (default), "
         "clamp the samples over it, or leave them; any action is reported",
     )  # fmt: skip
+    whole = parser.add_argument_group(
+        "whole-file options", "models separated whole-file (official Demucs / Open-Unmix files), named as the "
+        "demucs and umx commands name them; unset: the package API's default (apply_model, Separator); "
+        "another model refuses them (exit 2)",
+    )  # fmt: skip
+    whole.add_argument(
+        "--shifts", type=non_negative(int), default=None, metavar="N",
+        help="Demucs: passes on randomly delayed copies, averaged (default 1; 0: one pass, no delay)",
+    )  # fmt: skip
+    split = whole.add_mutually_exclusive_group()
+    split.add_argument(
+        "--no-split", dest="split", action="store_false", default=None,
+        help="Demucs: the whole file in one pass instead of cross-faded segments (memory grows with the file)",
+    )  # fmt: skip
+    split.add_argument("--split", dest="split", action="store_true", help="Demucs: segments (the default)")
+    whole.add_argument(
+        "--overlap", type=float, default=None, metavar="F",
+        help="Demucs: fraction of a segment shared with the next, in [0, 1) (default 0.25)",
+    )  # fmt: skip
+    whole.add_argument(
+        "--segment", type=non_negative(float), default=None, metavar="S",
+        help="Demucs: seconds per segment (default: the model's own)",
+    )  # fmt: skip
+    whole.add_argument(
+        "--niter", type=non_negative(int), default=None, metavar="N",
+        help="Open-Unmix: Wiener post-filter iterations (default 0 as openunmix.Separator; the umx command uses 1)",
+    )  # fmt: skip
+    whole.add_argument(
+        "--residual", action="store_true", default=None,
+        help="Open-Unmix: also write a 'residual' stem, the mixture minus the other estimates",
+    )  # fmt: skip
     parser.add_argument(
         "--wait", type=float, default=300.0,
         help="seconds to wait for a server that answers but is still warming up (health NOT_SERVING); "
@@ -74,6 +106,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "proxy another server takes it), with backoff (default 5)",
     )  # fmt: skip
     add_engine_arguments(parser)
+
+
+def non_negative(kind: Callable[[str], float]) -> Callable[[str], float]:
+    """An argparse type: ``kind(text)``, refused below 0."""
+
+    def parse(text: str) -> float:
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its errors
+    return parse
+
+
+# The whole-file flags and the SeparateStart fields they set.
+OPTION_FIELDS = {
+    "shifts": "shifts",
+    "split": "split",
+    "overlap": "overlap",
+    "segment": "segment_seconds",
+    "niter": "niter",
+    "residual": "residual",
+}
+
+
+def start_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The SeparateStart whole-file fields the flags set (unset flags are left out)."""
+    values = {field: getattr(args, flag) for flag, field in OPTION_FIELDS.items()}
+    return {field: value for field, value in values.items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -260,8 +322,9 @@ def separate_one(
         try:
             parts = {}
             for names, chunk in client.separate_chunks(
-                file_chunks(path), info.channels, info.samplerate, model, stems, info.frames, progress
-            ):
+                file_chunks(path), info.channels, info.samplerate, model, stems, info.frames, progress,
+                start_options(args),
+            ):  # fmt: skip
                 for name, data in zip(names, chunk, strict=True):
                     parts.setdefault(name, []).append(data)
             break

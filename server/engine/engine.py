@@ -529,14 +529,41 @@ class Engine:
 
     # ------------------------------------------------------------------ files
 
-    def file_stems(self, model: str, stems: Sequence[str] | None, sample_rate: int, channels: int) -> tuple[str, ...]:
+    def file_stems(
+        self,
+        model: str,
+        stems: Sequence[str] | None,
+        sample_rate: int,
+        channels: int,
+        options: Mapping[str, Any] | None = None,
+    ) -> tuple[str, ...]:
         """The stems a file job with these arguments returns, in order; raises what
-        :meth:`separate_file` would (unknown model, rate, channels, stems) before any audio is read."""
-        info = self.open_session(
-            model, sample_rate, channels, {"stems": list(stems)} if stems else None, realtime=False
-        )
+        :meth:`separate_file` would (unknown model, rate, channels, stems, options) before any
+        audio is read."""
+        info, names, _ = self._open_file_job(model, stems, sample_rate, channels, options)
         self.close(info.id)
-        return info.stems
+        return names
+
+    def _open_file_job(
+        self,
+        model: str,
+        stems: Sequence[str] | None,
+        sample_rate: int,
+        channels: int,
+        options: Mapping[str, Any] | None,
+    ) -> tuple[SessionInfo, tuple[str, ...], Any]:
+        """``(offline session, the job's stem names, the model's FileOptions or None)``.
+
+        Stems an option adds (``residual``) are not the model's: the session computes
+        the model's own and the whole-signal plan appends the rest."""
+        loaded = self._scheduler(model).model
+        chosen = whole.file_options(loaded, options)
+        extra = whole.file_sources(loaded, chosen)[len(loaded.description.sources) :]
+        own = [s for s in stems or () if s not in extra]
+        if stems and len(set(stems)) != len(stems):
+            raise InvalidParameterError(f"stems listed twice: {tuple(stems)}")
+        info = self.open_session(model, sample_rate, channels, {"stems": own} if own else None, realtime=False)
+        return info, (tuple(stems) if stems else info.stems + extra), chosen
 
     def separate_file(
         self,
@@ -545,6 +572,7 @@ class Engine:
         sample_rate: int,
         stems: Sequence[str] | None = None,
         progress_cb: Callable[[int, int], None] | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Separate a whole signal at low priority, yielding ``(start, (S, C, n) stems)`` chunks.
 
@@ -564,20 +592,27 @@ class Engine:
             wav: ``(C, T)`` float samples at ``sample_rate``.
             stems: stems to return (default all), in this order.
             progress_cb: called as ``progress_cb(samples_done, total)``.
+            options: whole-file options of a model with a whole-signal method, by the name of its
+                ``FileOptions`` field (``shifts``, ``split``, ``overlap``, ``segment``; ``niter``,
+                ``residual``: :func:`whole.file_options`); unset ones keep the model's defaults.
+                Any option for another model is an InvalidParameterError.
         """
         audio = np.asarray(wav, dtype=np.float32)
         if audio.ndim != 2:
             raise InvalidAudioError(f"expected (channels, samples), got shape {audio.shape}")
         total = audio.shape[1]
-        info = self.open_session(
-            model, sample_rate, audio.shape[0], {"stems": list(stems)} if stems else None, realtime=False
-        )
+        info, names, chosen = self._open_file_job(model, stems, sample_rate, audio.shape[0], options)
         chunk = max(1, int(self.config.file_chunk_s * sample_rate))
         loaded = self._scheduler(model).model
+        if chosen is not None and not whole.applies(loaded, total, sample_rate):
+            self.close(info.id)
+            raise InvalidAudioError(f"{total} samples: too short for model {model}'s whole-file options")
         if whole.applies(loaded, total, sample_rate):  # the model's own file semantics (server/engine/whole.py)
             try:
-                indices = [loaded.description.sources.index(s) for s in self.session_sources(info.id)]
-                out = whole.separate_whole(loaded, audio, sample_rate, indices, progress_cb)
+                sources = whole.file_sources(loaded, chosen)
+                out = whole.separate_whole(
+                    loaded, audio, sample_rate, [sources.index(s) for s in names], progress_cb, chosen
+                )
             finally:
                 self.close(info.id)
             for start in range(0, total, chunk):
