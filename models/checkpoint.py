@@ -146,7 +146,8 @@ def load_checkpoint(path: str | Path) -> Separator:
 
 SUPPORTED = (
     "stemserve checkpoints (.pt/.pth/.th, .safetensors), Open-Unmix <target>.pth files and folders "
-    "(umxhq, umxl, umxse, any hidden size), Demucs v2 files (package file or state dict)"
+    "(umxhq, umxl, umxse, any hidden size), Demucs v2 files (package file or state dict), "
+    "HTDemucs files (htdemucs, htdemucs_6s) and bags of them (.yaml, htdemucs_ft)"
 )
 
 
@@ -165,6 +166,9 @@ def _found(path: Path, ours: CheckpointError, official: CheckpointError) -> str:
 
     if path.suffix == ".safetensors":
         return short_reason(ours).removeprefix(f"{path}: ")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        reason = short_reason(CheckpointError(str(official).removeprefix(f"{path}: ")))
+        return f"a bag of models that does not load ({reason})"
     try:
         content = restricted_torch_load(path)  # inert: no pickled code runs
     except CheckpointError as err:

@@ -696,6 +696,7 @@ def apply_segments(
     samplerate: int,
     segment: float,
     options: FileOptions,
+    rng: random.Random | None = None,
 ) -> torch.Tensor:
     """Separate a whole ``(channels, samples)`` signal in the package's ``apply_model`` way.
 
@@ -707,10 +708,13 @@ def apply_segments(
     (``1..n/2`` up, ``n - n/2..1`` down, over its peak, to ``transition_power``),
     each padded with its neighbours' samples to the model's valid length.
 
+    The delays are drawn from ``rng`` (default ``random.Random(options.seed)``); a bag of
+    models passes one generator to all its models, as the package's global one is.
+
     Returns:
         ``(sources, channels, samples)``.
     """
-    rng = random.Random(options.seed)
+    rng = rng if rng is not None else random.Random(options.seed)
 
     def run(span: SignalSpan, shifts: int, split: bool) -> torch.Tensor:
         length = span.length

@@ -1,8 +1,9 @@
-"""Loading official published checkpoints (Open-Unmix, Demucs v2) into our classes.
+"""Loading official published checkpoints (Open-Unmix, Demucs v2, HTDemucs) into our classes.
 
-Neither format is trusted: nothing here executes pickled code. The
+No format is trusted: nothing here executes pickled code. The
 format-specific readers live beside their architectures
-(:mod:`models.open_unmix`, :mod:`models.demucs`); this module only picks one.
+(:mod:`models.open_unmix`, :mod:`models.demucs`, :mod:`models.htdemucs`); this
+module only picks one. A ``.yaml`` file is a Demucs bag of models.
 """
 
 from __future__ import annotations
@@ -13,10 +14,17 @@ from pathlib import Path
 from stemserve.models.base import Separator
 from stemserve.models.checkpoint import CheckpointError
 
+BAG_SUFFIXES = (".yaml", ".yml")
+
 
 def load_official(path: str | Path) -> Separator:
-    """Load an official Open-Unmix folder / state dict or a Demucs v2 file, in eval mode."""
+    """Load an official Open-Unmix folder / state dict, a Demucs v2 or HTDemucs file, or a bag
+    of HTDemucs models (``.yaml``), in eval mode."""
     path = Path(path)
+    if path.suffix.lower() in BAG_SUFFIXES:
+        from stemserve.models import htdemucs
+
+        return htdemucs.load_bag(path).eval()
     errors = []
     from stemserve.models import open_unmix
 
@@ -24,6 +32,15 @@ def load_official(path: str | Path) -> Separator:
         return open_unmix.load_official(path).eval()
     except CheckpointError as err:
         errors.append(f"Open-Unmix: {err}")
+    if path.is_file():
+        from stemserve.models import htdemucs
+
+        try:
+            return htdemucs.load_official(path).eval()
+        except htdemucs.NotHTDemucsFileError:
+            pass  # another family's file
+        except CheckpointError as err:  # an HTDemucs file we cannot compute: that is the reason to give
+            raise CheckpointError(f"{path}: " + "; ".join([*errors, f"Demucs: {err}"])) from err
     try:
         # import_module, not "from stemserve.models import demucs": the latter raises a plain
         # ImportError (not ModuleNotFoundError) when models/demucs.py is absent.

@@ -29,6 +29,7 @@ _ARCHITECTURE_MODULES = (
     "stemserve.models.conv_tasnet",
     "stemserve.models.wave_unet",
     "stemserve.models.demucs",
+    "stemserve.models.htdemucs",
     "stemserve.models.multitask_unet",
 )
 

@@ -126,3 +126,52 @@ def sdr_db(reference: np.ndarray | torch.Tensor, estimate: np.ndarray | torch.Te
     ref = np.asarray(reference, dtype=np.float64)
     err = ref - np.asarray(estimate, dtype=np.float64)
     return float(10 * np.log10(np.sum(ref**2) / max(np.sum(err**2), 1e-30)))
+
+
+# The package's HTDemucs, small: the published structure (nfft 4096, depth 4, DConv in encoder and
+# decoder, cross-domain transformer) with few channels, two transformer layers and 1 s chunks.
+HTDEMUCS_SMALL: dict[str, Any] = {
+    "channels": 8,
+    "dconv_mode": 3,
+    "dconv_comp": 4,
+    "t_layers": 2,
+    "t_heads": 4,
+    "segment": 1,
+}
+
+
+def package_htdemucs(sources: list[str], seed: int = 0, **options: Any) -> Any:
+    """A ``demucs.htdemucs.HTDemucs`` with every parameter random (the package's initial layer
+    scales of 1e-3 / 1e-4 would hide the DConv and transformer branches), eval mode."""
+    import demucs.htdemucs
+
+    torch.manual_seed(seed)
+    model = demucs.htdemucs.HTDemucs(sources, **{**HTDEMUCS_SMALL, **options})
+    return randomise(model, seed=seed, scale=0.1)
+
+
+def write_htdemucs_file(model: Any, folder: Path, signature: str, half: bool = False) -> Path:
+    """``folder/<signature>-<checksum>.th`` as the package's releases are: ``serialize_model``'s dict
+    (``half``: float16 state, as published) saved by ``demucs.states.save_with_checksum``."""
+    import demucs.states
+
+    args, kwargs = model._init_args_kwargs
+    content = {
+        "klass": model.__class__,
+        "args": args,
+        "kwargs": kwargs,
+        "state": demucs.states.get_state(model, None, half=half),
+        "training_args": {"optim": {"lr": 3e-4}, "dset": {"segment": 11}},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    demucs.states.save_with_checksum(content, folder / f"{signature}.th")
+    (path,) = folder.glob(f"{signature}-*.th")
+    return path
+
+
+def package_bag(folder: Path, name: str) -> Any:
+    """The bag ``folder/<name>.yaml`` as the package loads it (``demucs.repo``: checksums checked)."""
+    import demucs.repo
+
+    models = demucs.repo.LocalRepo(folder)
+    return demucs.repo.BagOnlyRepo(folder, models).get_model(name)

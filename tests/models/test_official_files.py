@@ -140,18 +140,18 @@ def test_file_options_are_validated() -> None:
 
 
 def test_unsupported_checkpoints_get_one_line_naming_file_finding_and_support(tmp_path: Path) -> None:
-    import demucs.htdemucs
+    import demucs.hdemucs
 
     good = write_demucs_file(package_demucs(), tmp_path / "good.th").read_bytes()
     truncated = tmp_path / "truncated.th"
     truncated.write_bytes(good[: len(good) // 2])
     unknown_keys = tmp_path / "unknown.pth"
     torch.save({"a.weight": torch.zeros(3, 3), "b.bias": torch.zeros(3)}, unknown_keys)
-    other_class = tmp_path / "htdemucs.th"
-    ht = demucs.htdemucs.HTDemucs(["drums", "bass"], channels=4, depth=2, t_layers=1)
-    args, kwargs = ht._init_args_kwargs
-    torch.save({"klass": ht.__class__, "args": args, "kwargs": kwargs, "state": ht.state_dict()}, other_class)
-    cases = {truncated: "truncated or corrupt", unknown_keys: "matches no supported", other_class: "HTDemucs"}
+    other_class = tmp_path / "hdemucs.th"  # Demucs v3 (hybrid, no transformer): not supported
+    hybrid = demucs.hdemucs.HDemucs(["drums", "bass"], channels=4, depth=2)
+    args, kwargs = hybrid._init_args_kwargs
+    torch.save({"klass": hybrid.__class__, "args": args, "kwargs": kwargs, "state": hybrid.state_dict()}, other_class)
+    cases = {truncated: "truncated or corrupt", unknown_keys: "matches no supported", other_class: "HDemucs"}
     for path, found in cases.items():
         with pytest.raises(CheckpointError) as info:
             load_model(path)
