@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Domain = Literal["spectrogram", "waveform"]
+# Per-frame auxiliary outputs a model may state in ``ModelDescription.heads``.
+HEAD_NAMES = ("activity", "voicing", "f0")
 
 
 def window_span(window_frames: int, hop_length: int, n_fft: int) -> int:
@@ -52,6 +54,10 @@ class ModelDescription:
             ``stream_step``, see :mod:`models.streaming`): a step of any multiple of
             ``stride`` samples returns estimates delayed by this many samples. None
             when the model can only be streamed by recomputing its left context.
+        heads: the per-frame auxiliary outputs the model computes beside its stems, in the
+            same forward pass (``separate_with_heads``): ``"activity"`` (probability that each
+            source plays), ``"voicing"`` (the lead's voicing probability), ``"f0"`` (the lead's
+            pitch). Empty for models without heads.
         extras: architecture-specific facts, primitives only (e.g. embedding size).
     """
 
@@ -70,6 +76,7 @@ class ModelDescription:
     stride: int = 1
     segment: int | None = None
     stream_delay: int | None = None
+    heads: tuple[str, ...] = ()
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -88,6 +95,9 @@ class ModelDescription:
             raise ValueError("stride must be >= 1")
         if self.lookahead < 0:
             raise ValueError("lookahead must be >= 0")
+        unknown_heads = set(self.heads) - set(HEAD_NAMES)
+        if unknown_heads:
+            raise ValueError(f"unknown heads {sorted(unknown_heads)} (known: {', '.join(HEAD_NAMES)})")
         if self.stream_delay is not None and (self.stream_delay < 0 or not self.causal or self.domain != "waveform"):
             raise ValueError("stream_delay is for causal waveform models and must be >= 0")
 
@@ -103,6 +113,7 @@ class ModelDescription:
         """Plain dict of primitives (lists, not tuples) for JSON and checkpoints."""
         data = dataclasses.asdict(self)
         data["sources"] = list(self.sources)
+        data["heads"] = list(self.heads)
         return data
 
     @classmethod
@@ -113,5 +124,6 @@ class ModelDescription:
             raise ValueError(f"unknown description fields: {sorted(unknown)}")
         values = dict(data)
         values["sources"] = tuple(values["sources"])
+        values["heads"] = tuple(values.get("heads") or ())
         values["extras"] = dict(values.get("extras") or {})
         return cls(**values)

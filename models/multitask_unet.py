@@ -33,10 +33,12 @@ activity F1 per stem.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from stemserve.models.description import ModelDescription
 from stemserve.models.registry import register
 from stemserve.models.unet import MUSIC_SOURCES, MultiSourceUNet, UNetConfig
 from torch import nn
@@ -140,6 +142,19 @@ class MultitaskUNet(MultiSourceUNet):
             pitch=per_frame(self.pitch_head(features)),
         )
         return masks, heads
+
+    def separate_with_heads(
+        self, x: torch.Tensor, target: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, HeadOutputs]:
+        """``(B, C, F, T)`` magnitudes -> ``(B, K, C, F, T)`` estimates (:meth:`separate`'s) and the
+        heads' logits, from one forward pass (the server's live sessions read both)."""
+        masks, heads = self.forward_heads(x)
+        return masks * x[:, None], heads
+
+    def describe(self) -> ModelDescription:
+        d = super().describe()
+        extras = {**d.extras, "pitch_min": self.config.pitch_min, "pitch_max": self.config.pitch_max}
+        return dataclasses.replace(d, heads=("activity", "voicing", "f0"), extras=extras)
 
     def pitch_of(self, heads: HeadOutputs) -> torch.Tensor:
         """Estimated lead f0 per frame as a MIDI pitch, 0 where the voicing head says unvoiced: ``(B, T)``."""

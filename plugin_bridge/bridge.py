@@ -36,9 +36,10 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+from stemserve.plugin_bridge.activity import ActivityBoard
 from stemserve.plugin_bridge.parameters import Parameters
 from stemserve.plugin_bridge.ring import InputRing, OutputRing
 from stemserve.plugin_bridge.stream import LinkSettings, StreamLink
@@ -137,6 +138,8 @@ class Bridge:
         self.params.set_model_hook(self._change_model)
         self._data_ready = threading.Event()
         self._arrived = threading.Event()
+        # Which stems play (models with heads); the network thread writes it, never the audio callback.
+        self.activity = ActivityBoard()
         self.link = StreamLink(
             LinkSettings(
                 address=settings.address,
@@ -158,6 +161,7 @@ class Bridge:
             self.counters,
             self._data_ready,
             self._arrived,
+            self.activity,
         )
         # Audio-thread scratch, allocated once.
         self._dry = np.zeros((channels, max_block), dtype=np.float32)
@@ -218,9 +222,15 @@ class Bridge:
         """``{"status": ..., "status_message": ...}``: connecting / streaming / refused / behind / lost, and why."""
         return {"status": self.link.status, "status_message": self.link.status_message}
 
-    def report(self) -> dict[str, int | str]:
-        """Counters and status together (STATS, OSC ``/stats``)."""
-        return {**self.stats(), **self.status()}
+    def activity_report(self) -> dict[str, Any]:
+        """The latest block's heads (``activity`` by source, ``lead_voicing``, ``lead_f0_hz``,
+        ``activity_frame``); empty until a model with heads sent some."""
+        latest = self.activity.latest
+        return latest.to_dict() if latest is not None else {}
+
+    def report(self) -> dict[str, Any]:
+        """Counters, status and the latest heads together (STATS, OSC ``/stats``)."""
+        return {**self.stats(), **self.status(), **self.activity_report()}
 
     # -- control (any thread but the audio thread) ---------------------------------------
     def reset(self) -> None:

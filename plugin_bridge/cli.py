@@ -154,7 +154,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--osc-host", default="127.0.0.1", help="OSC listen address (default loopback)")
     parser.add_argument("--osc-prefix", default="/stemserve", help="OSC address prefix")
-    parser.add_argument("--osc-notify", default=None, metavar="HOST:PORT", help="send the latency here once known")
+    parser.add_argument(
+        "--osc-notify",
+        default=None,
+        metavar="HOST:PORT",
+        help="send the latency here once known, and /activity for every block of a model with heads",
+    )
     parser.add_argument("--ardour-strip", type=int, default=None, help="accept Ardour messages for this ssid only")
     parser.add_argument("--ardour-plugin", type=int, default=None, help="accept Ardour messages for this piid only")
     parser.add_argument("--duration", type=float, default=None, help="run this many seconds, then exit")
@@ -229,6 +234,10 @@ def run(args: argparse.Namespace) -> int:
             ardour_plugin=args.ardour_plugin,
         )
         print(f"OSC parameters on {args.osc_host}:{osc.start()} (prefix {args.osc_prefix})", flush=True)
+        bridge.activity.add_listener(osc.send_activity)
+        if args.osc_notify:
+            host, _, port = args.osc_notify.rpartition(":")
+            osc.subscribe((host, int(port)))
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -282,6 +291,7 @@ def run(args: argparse.Namespace) -> int:
         "latency": None if bridge.latency is None else bridge.latency.total,
         "counters": bridge.stats(),
         **bridge.status(),
+        **bridge.activity_report(),
     }
     print("STATS " + json.dumps(summary), flush=True)
     if args.stats_json:

@@ -16,7 +16,19 @@ Own address space (``PREFIX`` defaults to ``/stemserve``)::
     PREFIX/param       i N  f 0..1        normalised plugin parameter N (numbers below)
     PREFIX/reset                          transport stop / seek: clear server state, keep latency
     PREFIX/latency                        reply PREFIX/latency i TOTAL i SAMPLE_RATE to the sender
-    PREFIX/stats                          reply PREFIX/stats s JSON (counters, status) to the sender
+    PREFIX/stats                          reply PREFIX/stats s JSON (counters, status, latest heads) to the sender
+    PREFIX/subscribe                      send the sender PREFIX/activity for every block (and the latency now)
+
+Sent to subscribers (``PREFIX/subscribe``, or :meth:`OscListener.subscribe`, the
+CLI's ``--osc-notify``) for every stem block of a model with heads
+(``multitask_unet``), from the network thread, never the audio thread::
+
+    PREFIX/activity    f VOICING  f F0_HZ  f A_1 .. f A_K
+
+``A_k``: probability (0..1) that the model's k-th source plays in the block, in
+the model's source order (the names are in ``PREFIX/stats``' ``activity``);
+``VOICING``: the lead's voicing probability (0..1); ``F0_HZ``: its fundamental
+in Hz (0 when unvoiced); both -1 when the model has no pitch head.
 
 Ardour's plugin-parameter shape is accepted too, so an Ardour OSC surface can
 drive the bridge as if it were a plugin on a strip::
@@ -34,6 +46,7 @@ meant for someone else).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -43,6 +56,7 @@ from typing import Any, cast
 from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_server import AsyncIOOSCUDPServer
+from stemserve.plugin_bridge.activity import Activity
 from stemserve.plugin_bridge.parameters import Parameters
 
 log = logging.getLogger(__name__)
@@ -58,7 +72,7 @@ class OscListener:
         params: the parameter state to set.
         reset: called for ``PREFIX/reset``.
         latency: returns ``(total, sample_rate)`` or None before the first session.
-        stats: returns the bridge's counters and status (``Bridge.report``).
+        stats: returns the bridge's counters, status and latest heads (``Bridge.report``).
         ardour_strip / ardour_plugin: accept only this strip / plugin id in Ardour messages.
     """
 
@@ -67,7 +81,7 @@ class OscListener:
         params: Parameters,
         reset: Callable[[], None] | None = None,
         latency: Callable[[], tuple[int, int] | None] | None = None,
-        stats: Callable[[], Mapping[str, int | str]] | None = None,
+        stats: Callable[[], Mapping[str, Any]] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         prefix: str = "/stemserve",
@@ -84,6 +98,9 @@ class OscListener:
         self.ardour_strip = ardour_strip
         self.ardour_plugin = ardour_plugin
         self.port = 0
+        # Where PREFIX/activity goes; the loop's thread only (subscribe() posts to it).
+        self.subscribers: set[Address] = set()
+        self.activity_sent = 0
         # Messages fully handled (accepted or refused); tests wait on it.
         self.handled = 0
         self.refused = 0
@@ -104,6 +121,7 @@ class OscListener:
         d.map(f"{p}/reset", self._counted(self._on_reset))
         d.map(f"{p}/latency", self._counted(self._reply_latency), needs_reply_address=True)
         d.map(f"{p}/stats", self._counted(self._reply_stats), needs_reply_address=True)
+        d.map(f"{p}/subscribe", self._counted(self._subscribe), needs_reply_address=True)
         d.map(ARDOUR_PARAMETER, self._counted(self._ardour))
         d.set_default_handler(self._counted(self._unknown))
         return d
@@ -189,6 +207,33 @@ class OscListener:
         stats = self._stats() if self._stats is not None else {}
         self._send(client, f"{self.prefix}/stats", json.dumps(stats))
         return True
+
+    def _subscribe(self, client: Address, address: str, *args: Any) -> bool:
+        self.subscribers.add(client)
+        return self._reply_latency(client, address)
+
+    def subscribe(self, to: Address) -> None:
+        """Send ``PREFIX/activity`` to ``to`` from now on (any thread)."""
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self.subscribers.add, to)
+
+    def send_activity(self, activity: Activity) -> None:
+        """``PREFIX/activity`` to every subscriber; queues the datagrams on the OSC loop and returns
+        (an :class:`~plugin_bridge.activity.ActivityBoard` listener, called on the network thread)."""
+        loop = self._loop
+        if loop is None:
+            return
+        voicing = -1.0 if activity.voicing is None else activity.voicing
+        f0 = -1.0 if activity.f0_hz is None else activity.f0_hz
+        values = (float(voicing), float(f0), *map(float, activity.activity))
+        with contextlib.suppress(RuntimeError):  # the listener stopped (its loop closed): nobody to send to
+            loop.call_soon_threadsafe(self._send_activity, values)
+
+    def _send_activity(self, values: tuple[float, ...]) -> None:
+        for to in self.subscribers:
+            self._send(to, f"{self.prefix}/activity", *values)
+        self.activity_sent += 1
 
     def announce(self, to: Address) -> None:
         """Send ``PREFIX/latency i TOTAL i RATE`` to ``to`` (e.g. a control app, once connected)."""

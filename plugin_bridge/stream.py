@@ -23,7 +23,9 @@ output frame ``p`` is the estimate for session input frame ``p - L``. The
 session started at host frame ``origin``, so they belong at host output frames
 ``origin + p + (total - L)`` (see :mod:`plugin_bridge.timeline`); the receiver
 writes them there in the output ring. Frames already played are dropped and
-counted as late.
+counted as late. A block of a model with heads also carries which stems play
+and the lead's pitch; the receiver posts them on the bridge's
+:class:`~plugin_bridge.activity.ActivityBoard`.
 
 Failure
 -------
@@ -63,6 +65,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 from stemserve.plugin_bridge import client
+from stemserve.plugin_bridge.activity import ActivityBoard
 from stemserve.plugin_bridge.parameters import Parameters
 from stemserve.plugin_bridge.ring import InputRing, OutputRing
 from stemserve.plugin_bridge.timeline import NEVER, Counters, Timeline
@@ -138,6 +141,7 @@ class _Session:
     waiting_since: float = 0.0
     switched: bool = False
     sources: tuple[str, ...] = ()
+    model_sources: tuple[str, ...] = ()  # the model's, the order of StemBlock.activity
 
 
 class StreamLink:
@@ -154,8 +158,10 @@ class StreamLink:
         counters: Counters,
         data_ready: threading.Event,
         arrived: threading.Event,
+        activity: ActivityBoard | None = None,
     ) -> None:
         self.settings = settings
+        self.activity = activity if activity is not None else ActivityBoard()
         self.params = params
         self.in_ring = in_ring
         self.out_ring = out_ring
@@ -398,6 +404,7 @@ class StreamLink:
         session.offset = offset
         session.latency = int(lat.total)
         session.sources = tuple(opened.sources)
+        session.model_sources = tuple(opened.model.sources)
         if session.trial:
             # The switch is made: from now on reconnects re-open this model.
             self._model = session.model
@@ -431,6 +438,14 @@ class StreamLink:
             return
         data = np.frombuffer(block.pcm, dtype="<f4").reshape(-1, channels).T
         position = block.position
+        if block.activity:
+            self.activity.publish(
+                session.model_sources,
+                block.activity,
+                block.lead_voicing if block.HasField("lead_voicing") else None,
+                block.lead_f0_hz if block.HasField("lead_f0_hz") else None,
+                session.origin + position + session.offset,
+            )
         head = min(data.shape[1], max(0, session.latency - position))
         if head == data.shape[1]:
             return

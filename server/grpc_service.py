@@ -462,7 +462,7 @@ def stem_block(seq: int, position: int, result: BlockResult, return_stems: bool)
     stems = []
     if return_stems:
         stems = [pb.Stem(name=n, pcm=pcm.encode(s)) for n, s in zip(result.stem_names, result.stems, strict=True)]
-    return pb.StemBlock(
+    block = pb.StemBlock(
         seq=seq,
         position=position,
         frames=result.output.shape[1],
@@ -470,6 +470,11 @@ def stem_block(seq: int, position: int, result: BlockResult, return_stems: bool)
         stems=stems,
         late=result.late,
     )
+    if result.heads is not None:  # a model with heads (server/engine/heads.py)
+        block.activity.extend(result.heads.activity)
+        block.lead_voicing = result.heads.voicing
+        block.lead_f0_hz = result.heads.f0_hz
+    return block
 
 
 def chunk_messages(position: int, stems: np.ndarray, names: list[str], max_frames: int) -> list[pb.SeparateResponse]:

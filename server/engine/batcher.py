@@ -8,6 +8,11 @@ sessions with different targets (and the stems of one file job) share a batch.
 It serves the three streaming families alike: spectrogram windows
 (:mod:`server.engine.spectrogram`), causal steps (:mod:`server.engine.causal`)
 and waveform chunks (:mod:`server.engine.chunked`).
+
+When an item carries a :class:`~server.engine.work.HeadsSlot` (a live session
+of a model with heads), its batch runs ``separate_with_heads`` instead, the
+same forward pass plus the heads (:func:`server.engine.heads.run_with_heads`),
+and each such item's per-frame heads are left in its slot.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from stemserve.server.engine.heads import run_with_heads
 from stemserve.server.engine.pool import LoadedModel
 from stemserve.server.engine.work import ItemSpec
 
@@ -78,6 +84,7 @@ class WindowBatcher:
         self.max_batch = max_batch if not batch_sizes else min(max_batch, max(batch_sizes))
         self.batch_sizes = tuple(sorted(batch_sizes)) if batch_sizes else None
         self._is_live = is_live
+        self._has_heads = bool(model.description.heads)
         self._realtime: deque[WorkItem] = deque()
         self._offline: deque[WorkItem] = deque()
         # statistics
@@ -157,7 +164,7 @@ class WindowBatcher:
             if items[0].spec.state is not None:
                 result = self._step(inputs, items, size)
             else:
-                result = self.model.run(inputs, targets)
+                result = self._run(inputs, targets, items)
             outputs = list(result[: len(items)])
         except Exception as err:  # the model raised: find out whose item it was
             log.warning("batch of %d failed (%s); retrying items one by one", len(items), err)
@@ -170,6 +177,16 @@ class WindowBatcher:
         if len({id(item.owner) for item in items}) > 1:
             self.shared_batches += 1
         return BatchOutcome(items, outputs, seconds, size)
+
+    def _run(self, inputs: torch.Tensor, targets: torch.Tensor | None, items: list[WorkItem]) -> torch.Tensor:
+        """A plain forward pass; with the heads when an item asks for them (left in its slot)."""
+        if not (self._has_heads and any(item.spec.heads is not None for item in items)):
+            return self.model.run(inputs, targets)
+        outputs, frames = run_with_heads(self.model, inputs, targets)
+        for item, row in zip(items, frames, strict=False):  # padding rows have no item
+            if item.spec.heads is not None:
+                item.spec.heads.value = row
+        return outputs
 
     def _step(self, inputs: torch.Tensor, items: list[WorkItem], size: int) -> torch.Tensor:
         """A cached step: each item's stream caches in, the caches it leaves stored back."""
@@ -194,7 +211,7 @@ class WindowBatcher:
         try:
             if item.spec.state is not None:
                 return self._step(inputs, [item], size)[0]
-            return self.model.run(inputs, targets)[0]
+            return self._run(inputs, targets, [item])[0]
         except Exception as err:
             return err
 

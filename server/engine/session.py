@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from stemserve.server.engine import channels as channel_rules
 from stemserve.server.engine.errors import InvalidAudioError, InvalidParameterError, UnknownTargetError
+from stemserve.server.engine.heads import BlockHeads
 from stemserve.server.engine.resample import DEFAULT_QUALITY, StreamResampler
 from stemserve.server.engine.work import ItemSpec, Streamer
 
@@ -193,6 +194,10 @@ class BlockResult:
         late: True when the result was ready after the block's deadline.
         invalid_samples: NaN/Inf input samples of this block that were zeroed.
         processing_ms: from submit to result.
+        heads: a model with heads (live sessions): its activity, voicing and f0 over the
+            frames of the input samples this block's output estimates (the same latency
+            alignment as the audio; :mod:`server.engine.heads`). None for other models, and
+            for output wholly before input sample 0.
     """
 
     session_id: str
@@ -204,6 +209,7 @@ class BlockResult:
     late: bool
     invalid_samples: int
     processing_ms: float
+    heads: BlockHeads | None = None
 
     @property
     def status(self) -> Literal["ok", "late"]:
@@ -460,11 +466,25 @@ class Session:
             late=late,
             invalid_samples=request.invalid,
             processing_ms=(now - request.arrival) * 1e3,
+            heads=self._block_heads(n),
         )
         self.position += n
         self.counters.blocks_out += 1
         self.counters.blocks_late += int(late)
         return result
+
+    def _block_heads(self, n: int) -> BlockHeads | None:
+        """Heads of the input samples the next ``n`` output samples estimate (``position - L`` on)."""
+        heads = self.stream.heads
+        if heads is None:
+            return None
+        first = self.position - self.latency.total  # client rate; negative: before the input
+        end = first + n
+        model_rate = self.description.sample_rate
+        if self.sample_rate != model_rate:  # to the model's rate, covering the block
+            first = first * model_rate // self.sample_rate
+            end = -(-end * model_rate // self.sample_rate)
+        return heads.block(first, end)
 
     def reset(self) -> None:
         """Transport stop / seek: forget all audio, keep parameters and ``L``."""

@@ -14,6 +14,12 @@ live plan (fits the latency budget) for real-time sessions and the file plan
 (:func:`models.apply.file_plan`: few, centred windows) for file jobs, whose
 latency nobody hears. Each stream follows one of them from start to end, so
 a stream's output equals :func:`models.apply.separate_signal` with that plan.
+
+A live stream of a model with heads (``description.heads``) also asks for the
+heads of each window (a :class:`~server.engine.work.HeadsSlot` on the window's
+item, computed in the same forward pass), overlap-adds them with the same
+weights and keeps the final frames in :attr:`SpectrogramStream.heads`
+(:mod:`server.engine.heads`). File streams never ask.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from stemserve.models.apply import OverlapAdd, PermutationTracker, WindowPlan, u
 from stemserve.models.description import ModelDescription
 from stemserve.models.joint import JointStems, joint_stems
 from stemserve.models.stft import hann_window, magnitude_phase, num_frames, stft
-from stemserve.server.engine.work import ItemSpec, Stream, Streamer, stem_slots, take_stems
+from stemserve.server.engine.heads import FrameHeads
+from stemserve.server.engine.work import HeadsSlot, ItemSpec, Stream, Streamer, stem_slots, take_stems
 
 
 class SpectrogramStream(Stream):
@@ -36,9 +43,17 @@ class SpectrogramStream(Stream):
     Frame ``k`` covers stream samples ``[k * hop - (n_fft - hop), (k + 1) * hop)``
     (the stream is preceded by silence), so frame ``k`` is complete once
     ``(k + 1) * hop`` samples are in. Frames before 0 are silent (zero magnitude).
+    ``heads``: also compute the model's heads (see the module doc).
     """
 
-    def __init__(self, plan: WindowPlan, channels: int, stems: Sequence[int], description: ModelDescription) -> None:
+    def __init__(
+        self,
+        plan: WindowPlan,
+        channels: int,
+        stems: Sequence[int],
+        description: ModelDescription,
+        heads: bool = False,
+    ) -> None:
         assert plan.n_fft is not None and plan.hop_length is not None
         self.plan = plan
         self.n_fft = plan.n_fft
@@ -55,6 +70,9 @@ class SpectrogramStream(Stream):
         # inverse STFT's normaliser wherever every covering frame exists.
         squared = window**2
         self._norm = torch.stack([squared[r :: self.hop].sum() for r in range(self.hop)])
+        if heads:
+            pitch_min = int(description.extras.get("pitch_min", 0))
+            self.heads = FrameHeads(description.sources, pitch_min, self.n_fft, self.hop)
         self.reset()
 
     def reset(self) -> None:
@@ -69,6 +87,9 @@ class SpectrogramStream(Stream):
         self._phase_frame = 0
         self._next_window = 0
         self._acc = OverlapAdd(self.plan, len(self.stems), (c, f))
+        self._heads_acc: OverlapAdd | None = None  # made on the first window's heads (their row count)
+        if self.heads is not None:
+            self.heads.reset()
         self._tracker = (
             PermutationTracker(self.plan, len(self._description.sources))
             if unordered_sources(self._description)
@@ -102,23 +123,36 @@ class SpectrogramStream(Stream):
                 window = history[..., i + 1 : i + 1 + size].clone()  # frames [frames - size, frames)
                 j = self._next_window
                 self._next_window += 1
-                items.extend(ItemSpec(window, target, (j, slot)) for target, slot in self._slots)
+                for n, (target, slot) in enumerate(self._slots):
+                    box = HeadsSlot() if self.heads is not None and n == 0 else None  # once per window
+                    items.append(ItemSpec(window, target, (j, slot, box), heads=box))
         self._mags = history[..., -size:].clone()
         return items
 
     def accept(self, key: Any, output: torch.Tensor) -> None:
-        j, slot = key
+        j, slot, box = key
         if j != self._open:
             raise RuntimeError(f"window {j} accepted while window {self._open} is open")
         if self._tracker is not None:  # all sources of the window, in a stable order
             output = self._tracker.align(output)
         for s, estimate in take_stems(output, self.stems, slot):
             self._acc.add_stem(s, estimate)
+        if box is not None:
+            self._add_heads(box)
         self._missing -= 1 if slot >= 0 else len(self._slots)
         if self._missing == 0:
+            if self.heads is not None and self._heads_acc is not None:
+                self.heads.add(self._unit, self._heads_acc.complete()[0])  # (R, hop_frames) from frame _unit
             self._synthesise(self._acc.complete())  # (S, C, F, hop_frames)
             self._open += 1
             self._missing = len(self._slots)
+
+    def _add_heads(self, box: HeadsSlot) -> None:
+        if box.value is None:
+            raise RuntimeError("a window's heads were asked for but not computed")
+        if self._heads_acc is None:
+            self._heads_acc = OverlapAdd(self.plan, 1, (box.value.shape[0],))
+        self._heads_acc.add_stem(0, box.value)  # (R, size)
 
     def _synthesise(self, mags: torch.Tensor) -> None:
         first = self._unit
@@ -193,4 +227,6 @@ class SpectrogramStreamer(Streamer):
         return self.plan_for(realtime).latency
 
     def new_stream(self, stems: Sequence[int], realtime: bool = True) -> SpectrogramStream:
-        return SpectrogramStream(self.plan_for(realtime), self.description.audio_channels, stems, self.description)
+        d = self.description
+        # Heads for live sessions only: a file job has nobody to show them to.
+        return SpectrogramStream(self.plan_for(realtime), d.audio_channels, stems, d, heads=realtime and bool(d.heads))

@@ -17,11 +17,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from stemserve.models.apply import CausalPlan, WindowPlan
 from stemserve.models.description import ModelDescription
+
+if TYPE_CHECKING:
+    from stemserve.server.engine.heads import FrameHeads
 
 
 class StateSlot:
@@ -38,6 +41,18 @@ class StateSlot:
         self.state: dict[str, torch.Tensor] | None = None
 
 
+class HeadsSlot:
+    """Where the batcher leaves an item's per-frame heads (models with ``description.heads``).
+
+    :attr:`value` is None until the item ran, then ``(R, size)`` float32 CPU per-frame
+    probabilities (:func:`server.engine.heads.frame_probabilities`). Only the streams that
+    report heads (live spectrogram sessions) attach one; items without it cost nothing extra.
+    """
+
+    def __init__(self) -> None:
+        self.value: torch.Tensor | None = None
+
+
 @dataclass(frozen=True)
 class ItemSpec:
     """One model input a stream wants computed.
@@ -47,12 +62,14 @@ class ItemSpec:
         target: source index for a conditioned model, else -1.
         key: the stream's own bookkeeping, handed back with the output.
         state: the stream's caches when the model steps with per-layer caches, else None.
+        heads: set when the stream wants the model's heads of this item, else None.
     """
 
     inputs: torch.Tensor
     target: int
     key: Any
     state: StateSlot | None = None
+    heads: HeadsSlot | None = None
 
 
 class Stream(ABC):
@@ -65,6 +82,8 @@ class Stream(ABC):
     stems: list[int]
     channels: int
     _out: list[torch.Tensor]
+    # Final per-frame heads (live streams of a model with heads), else None.
+    heads: FrameHeads | None = None
 
     @abstractmethod
     def push(self, audio: torch.Tensor) -> list[ItemSpec]:
