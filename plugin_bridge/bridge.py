@@ -20,6 +20,11 @@ Host output frame ``n`` is always the estimate for host input frame
 ``latency_samples``; it never changes while the bridge lives (reconnects and
 model changes are placed to fit it, or refused).
 
+For a model with heads, :attr:`Bridge.activity` holds the latest block's
+stem activity and lead pitch (written by the network thread only; in
+:meth:`Bridge.report` and, through :class:`plugin_bridge.osc.OscListener`,
+sent as OSC ``/stemserve/activity``).
+
 Example::
 
     bridge = Bridge(BridgeSettings("127.0.0.1:50051", "conditioned_unet", 48000, 2, target="vocals"))
