@@ -161,18 +161,47 @@ close_session()
 """
 
 # Inserts the plugin first on the track and sets `target` (control 0), then saves the session.
+# ARDOUR_TEST_REGION_AT (frames): the region moves there and the session range (what
+# ardour7-export exports) becomes [0, region end]: the lead-in a real song has before its first sound.
+# ARDOUR_TEST_AUTOMATION ("frame:value ..."): points of `target` automation, played back (Play).
 ARDOUR_INSERT = """
 local dir = os.getenv("ARDOUR_TEST_SESSION")
 local target = tonumber(os.getenv("ARDOUR_TEST_TARGET"))
+local at = tonumber(os.getenv("ARDOUR_TEST_REGION_AT") or "0")
+local points = os.getenv("ARDOUR_TEST_AUTOMATION") or ""
 AudioEngine:set_backend("None (Dummy)", "", "")
 local s = load_session(dir, "t")
 assert(s, "cannot load the session")
 local track = s:route_by_name("track")
 assert(not track:isnil(), "no track")
+local region = nil
+for r in track:to_track():playlist():region_list():iter() do region = r end
+assert(region, "no region")
+if at > 0 then
+  region:set_position(Temporal.timepos_t(at))
+  local range = s:locations():session_range_location()
+  assert(range:set(Temporal.timepos_t(0), Temporal.timepos_t(at + region:length():samples())) == 0, "range")
+end
 local p = ARDOUR.LuaAPI.new_plugin(s, "urn:stemserve:lv2:stereo", ARDOUR.PluginType.LV2, "")
 assert(not p:isnil(), "the plugin did not load")
 assert(track:add_processor_by_index(p, 0, nil, true) == 0, "cannot insert the plugin")
 assert(ARDOUR.LuaAPI.set_processor_param(p, 0, target), "cannot set target")
+if points ~= "" then
+  local al, cl, _ = ARDOUR.LuaAPI.plugin_automation(p, 0)
+  assert(not al:isnil(), "target is not automatable")
+  -- A new list interpolates linearly, even for an integer enumeration: a step is what `target` means.
+  assert(cl:set_interpolation(Evoral.InterpolationStyle.Discrete), "interpolation")
+  for frame, value in string.gmatch(points, "(%d+):(%d+)") do
+    cl:add(Temporal.timepos_t(tonumber(frame)), tonumber(value), false, false)
+  end
+  -- The control's parameter id is the LV2 port index: `target` is port 4 (after 2 in, 2 out).
+  local parameter = Evoral.Parameter(ARDOUR.AutomationType.PluginAutomation, 0, 4)
+  local control = p:to_insert():to_automatable():automation_control(parameter, false)
+  assert(not control:isnil(), "no automation control for target")
+  control:set_automation_state(ARDOUR.AutoState.Play)
+  print("AUTOMATION " .. cl:size() .. " points")
+end
+print("REGION " .. region:position():samples() .. " " .. region:length():samples())
 print("TARGET " .. ARDOUR.LuaAPI.get_processor_param(p, 0, true))
 s:save_state("", false, false, false, false, false)
 close_session()

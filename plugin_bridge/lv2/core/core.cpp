@@ -82,6 +82,7 @@ Core::Core(const Settings& settings, const Connection& connection)
       in_ring_(settings.channels, pow2_at_least(uint64_t{settings.max_latency} + 2 * kChunk)),
       out_ring_(settings.channels, pow2_at_least(uint64_t{settings.max_latency} + 2 * kChunk)) {
   provisional_ = settings.provisional_latency ? settings.provisional_latency : static_cast<uint32_t>(8192 + margin_);
+  ramp_ = static_cast<uint32_t>(std::min<uint64_t>(kRampFrames, margin_));
 }
 
 Core::~Core() {
@@ -403,12 +404,16 @@ bool Core::serve(Session& s) {
   std::vector<float> pcm;
   uint64_t seq = 0;
   bool reopen = false;
+  uint64_t ramp_end = 0;  // a parameter change was sent: the block up to here carries its ramp
   const int64_t stall_ns = static_cast<int64_t>(settings_.stall_timeout_s * 1e9);
   while (ok && !stop_.load() && s.alive.load() && connection_version_.load() == version) {
     const uint64_t write_pos = in_ring_.write_pos();
-    uint64_t limit = write_pos;
+    uint64_t cut = kNever;  // where the next parameter change goes on the wire
     if (const ParamChange* change = param_queue_.peek()) {
-      if (change->pos <= read_pos_) {
+      // From the session's start on (made before it opened, or at its first frame): at once.
+      // Later: before the input L frames on, whose output block holds the stems of input `pos`.
+      const uint64_t at = change->pos <= s.origin ? s.origin : change->pos + s.latency;
+      if (at <= read_pos_) {
         current_ = change->controls;
         param_queue_.pop();
         if (seq == 0 && !same_parameters(current_, opened_with)) {
@@ -419,9 +424,18 @@ bool Core::serve(Session& s) {
         }
         ok = s.stream->Write(parameters_message(current_, s.sources));
         counters_.params_sent.fetch_add(1);
+        if (seq > 0) ramp_end = read_pos_ + ramp_;
         continue;
       }
-      limit = std::min(limit, change->pos);
+      cut = at;
+    }
+    uint64_t limit = std::min(write_pos, cut);
+    if (read_pos_ < ramp_end) {
+      // The server ramps a change over the block it arrives with: that block is ramp_ frames
+      // (shorter only when the next change comes sooner), whatever the host's blocks are, so a
+      // render is the same for any host block size. Wait for all of it.
+      const uint64_t end = std::min(cut, ramp_end);
+      limit = write_pos >= end ? end : read_pos_;
     }
     if (limit > read_pos_) {
       const uint32_t frames = static_cast<uint32_t>(std::min<uint64_t>(limit - read_pos_, kChunk));

@@ -33,6 +33,7 @@ namespace stemserve {
 constexpr int kMaxGains = 4;          // gain controls, for the model's first four sources
 constexpr uint64_t kNever = 1ull << 62;
 constexpr uint32_t kChunk = 4096;     // host blocks are processed in pieces of at most this
+constexpr uint32_t kRampFrames = 256;  // the block that carries a parameter change (the server ramps over it)
 
 // Where to connect; the wrapper's saved state (and environment overrides for headless tests).
 struct Connection {
@@ -82,6 +83,9 @@ struct Counters {
   std::atomic<uint64_t> params_sent{0};
 };
 
+// A control change made at host input frame `pos`: it applies to the stems of the input from `pos`
+// on, so the sender puts it on the wire L frames later (the session's output at position p is the
+// estimate for input p - L, and the server switches its output at the block boundary).
 struct ParamChange {
   uint64_t pos;  // host input frame from which it applies
   Controls controls;
@@ -129,6 +133,7 @@ class Core {
 
   Settings settings_;
   uint64_t margin_;
+  uint32_t ramp_;  // kRampFrames, at most the margin (an offline block never waits on its own ramp)
   mutable std::mutex connection_mutex_;  // network and control threads only
   Connection connection_;
   std::atomic<uint64_t> connection_version_{0};
