@@ -4,7 +4,8 @@
 
     stemserve eval --model unet.pt --data data/music --split test --out report.json --figure report.png
 
-Prints the per-stem medians; ``--out`` writes the full per-track report as
+Prints the per-stem medians (and, for a multitask model, its heads' pitch,
+voicing and activity scores); ``--out`` writes the full per-track report as
 JSON and ``--figure`` a PNG (spectrograms of one track, SDR bars). See
 :mod:`models.evaluate` for how SDR / SI-SDR are computed.
 """
@@ -84,4 +85,16 @@ def run(args: argparse.Namespace) -> int:
             f"{fmt(row[1]['si_sdr']):>7} | {fmt(row[2]['sdr']):>7} {fmt(row[2]['si_sdr']):>7} | {pct(share[stem])}"
         )
     print(f"{'mean':<10} {'':>51}| {pct(share['mean'])}")
+    heads = report.get("heads")
+    if heads:
+        pitch = pct(heads.get("raw_pitch_accuracy"))
+        recall, alarm = pct(heads.get("voicing_recall")), pct(heads.get("voicing_false_alarm"))
+        print(
+            f"heads over {heads['frames']:.0f} frames: lead raw pitch accuracy (50 cents) {pitch}, "
+            f"voicing recall {recall}, false alarm {alarm}"
+        )
+        f1 = ", ".join(
+            f"{k.split('/', 1)[1]} {pct(v).strip()}" for k, v in heads.items() if k.startswith("activity_f1/")
+        )
+        print(f"activity F1 per stem: {f1}")
     return 0

@@ -25,6 +25,11 @@ Metrics (all in dB):
 * ``si_sdr``: scale-invariant SDR (Le Roux et al. 2019, zero-mean) of the
   whole track, channels taken together as one signal.
 
+A multitask model (:class:`models.multitask_unet.MultitaskUNet`) is also scored
+on its heads (:func:`head_metrics`): lead raw pitch accuracy (50 cents), voicing
+recall / false alarm and activity F1 per stem, over every STFT frame of the
+split's tracks pooled, against the labels of their ``notes.json``.
+
 Per stem, the summary is the median over tracks (tracks where the stem is
 silent are left out); ``irm_share`` is how much of the oracle's gain over the
 mixture the model's median reaches, per stem and on average. Speech models'
@@ -49,8 +54,9 @@ import numpy as np
 import soundfile as sf
 import torch
 from stemserve.models.base import Separator
-from stemserve.models.data import music, speech
+from stemserve.models.data import labels, music, speech
 from stemserve.models.joint import joint_stems
+from stemserve.models.multitask_unet import HeadOutputs, MultitaskUNet, multitask_metrics
 from stemserve.models.stft import istft, stft
 
 log = logging.getLogger(__name__)
@@ -392,11 +398,88 @@ def evaluate(
             "permutation": "best mean SI-SDR per mixture" if is_speech else "none (stems matched by name)",
         },
     }
+    if isinstance(model, MultitaskUNet) and not is_speech:
+        try:
+            report["heads"] = head_metrics(model, data, split, max_tracks)
+            metrics: dict[str, str] = report["metrics"]  # type: ignore[assignment]
+            metrics["heads"] = (
+                "over every STFT frame of the tracks pooled (windows of the model's frames, side by side), "
+                "against notes.json: raw pitch accuracy within 50 cents on voiced frames, voicing recall "
+                "and false alarm, activity F1 per stem"
+            )
+        except labels.LabelError as err:
+            log.warning("no head metrics: %s", err)
     if first is not None:
         first["names"] = np.array(chosen)
         first["n_fft"] = np.array([n_fft, hop])
         first["sample_rate"] = np.array(tracks[0].sample_rate)
     return _jsonable(report), first
+
+
+def head_outputs(model: MultitaskUNet, mixture: torch.Tensor, batch: int = 8) -> HeadOutputs:
+    """The heads' logits for every frame of ``mixture (C, T)``'s STFT (no centring, ``N`` frames).
+
+    The frames are cut into windows of the model's ``window_frames``, side by side (the last
+    one zero-padded), and run ``batch`` windows at a time: ``activity (1, K, N)``,
+    ``voicing (1, N)``, ``pitch (1, P, N)``.
+    """
+    c = model.config
+    if mixture.dim() != 2 or mixture.shape[0] != c.audio_channels:
+        raise EvaluationError(f"expected a ({c.audio_channels}, samples) mixture, got {tuple(mixture.shape)}")
+    if mixture.shape[-1] < c.n_fft:
+        raise EvaluationError(f"a mixture of {mixture.shape[-1]} samples has no {c.n_fft}-sample frame")
+    mag = stft(mixture, c.n_fft, c.hop_length).abs()  # (C, F, N)
+    frames, width = mag.shape[-1], c.window_frames
+    count = -(-frames // width)
+    mag = torch.nn.functional.pad(mag, (0, count * width - frames))
+    windows = mag.view(*mag.shape[:2], count, width).permute(2, 0, 1, 3)  # (count, C, F, width)
+    parts: list[HeadOutputs] = []
+    with torch.no_grad():
+        for i in range(0, count, batch):
+            parts.append(model.forward_heads(windows[i : i + batch])[1])
+
+    def joined(name: str) -> torch.Tensor:
+        x = torch.cat([getattr(p, name) for p in parts])  # (count, ..., width)
+        return torch.cat(list(x), dim=-1)[None, ..., :frames]  # (1, ..., N)
+
+    return HeadOutputs(activity=joined("activity"), voicing=joined("voicing"), pitch=joined("pitch"))
+
+
+def head_metrics(
+    model: MultitaskUNet, data: str | os.PathLike[str], split: str = "test", max_tracks: int | None = None
+) -> dict[str, float]:
+    """:func:`models.multitask_unet.multitask_metrics` over every frame of ``split``'s tracks, pooled.
+
+    Each track's labels are :func:`models.data.labels.frame_labels` of its ``notes.json`` at the
+    frames of :func:`head_outputs`. Raises :class:`~models.data.labels.LabelError` when a track
+    has no notes, :class:`EvaluationError` when the data's rate is not the model's.
+    """
+    c = model.config
+    model.eval()
+    outputs: list[HeadOutputs] = []
+    activity: list[torch.Tensor] = []
+    f0: list[torch.Tensor] = []
+    folders = list(music.iter_tracks(data, split))[:max_tracks]
+    if not folders:
+        raise EvaluationError(f"no tracks in {data} for split {split!r} (MUSDB layout)")
+    for folder in folders:
+        audio, rate = _read(folder / "mixture.wav")
+        if rate != c.sample_rate:
+            raise EvaluationError(f"{folder}: {rate} Hz audio for a {c.sample_rate} Hz model")
+        heads = head_outputs(model, torch.from_numpy(audio))
+        frames = heads.voicing.shape[-1]
+        truth = labels.frame_labels(labels.read_notes(folder), c.sources, 0, frames, c.n_fft, c.hop_length, rate)
+        outputs.append(heads)
+        activity.append(torch.from_numpy(truth.activity)[None])
+        f0.append(torch.from_numpy(truth.f0)[None])
+    pooled = HeadOutputs(
+        activity=torch.cat([h.activity for h in outputs], dim=-1),
+        voicing=torch.cat([h.voicing for h in outputs], dim=-1),
+        pitch=torch.cat([h.pitch for h in outputs], dim=-1),
+    )
+    metrics = multitask_metrics(model, pooled, torch.cat(activity, dim=-1), torch.cat(f0, dim=-1))
+    metrics["frames"] = float(pooled.voicing.shape[-1])
+    return metrics
 
 
 def irm_share(summary: dict[str, Any], stems: Sequence[str]) -> dict[str, float]:

@@ -7,6 +7,8 @@ model                               loss (all in :mod:`models.losses`)
 ==================================  =====================================================================
 spectrogram, ``separate`` -> stems  ``mask_inference_l1`` on magnitudes (unet, multi_unet, open_unmix*,
                                     mask_inference); wrapped in ``pit`` for unordered sources (speech)
+``multitask_unet``                  ``mask_inference_l1`` plus the heads' weighted ``multitask_loss``
+                                    (:mod:`models.multitask_unet`) against the renderer's labels
 spectrogram, conditioned            a random target per item; ``mask_inference_l1`` against that stem
 spectrogram, conditioned, with      every target per item; ``joint_mask_l1``: the stems as estimated and
 ``extras["joint_stems"]``           as jointly normalised (:mod:`models.joint`)
@@ -60,6 +62,7 @@ from stemserve.models.data.augment import AugmentConfig, generator_for
 from stemserve.models.data.datasets import DataError, MusicStems, SpeechMixtures
 from stemserve.models.description import ModelDescription
 from stemserve.models.joint import joint_power
+from stemserve.models.multitask_unet import MultitaskUNet, multitask_loss
 from stemserve.models.stft import stft
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
@@ -71,7 +74,15 @@ STATE_VERSION = 1
 SPEECH_RATES = (8000, 16000)
 
 Objective = Literal[
-    "mask_inference", "conditioned", "conditioned_joint", "deep_clustering", "chimera", "si_snr", "mse", "l1"
+    "mask_inference",
+    "multitask",
+    "conditioned",
+    "conditioned_joint",
+    "deep_clustering",
+    "chimera",
+    "si_snr",
+    "mse",
+    "l1",
 ]
 
 
@@ -188,6 +199,8 @@ def choose_task(model: Separator, segment_seconds: float | None = None) -> Task:
             objective = "chimera"
         elif d.conditioned:
             objective = "conditioned_joint" if d.extras.get("joint_stems") else "conditioned"
+        elif isinstance(model, MultitaskUNet):
+            objective = "multitask"
         else:
             objective = "mask_inference"
         window = d.window_samples
@@ -223,7 +236,10 @@ class TrainingObjective(nn.Module):
 
     ``forward(mixture (B, C, T), stems (B, S, C, T), frame_offset (B,), target (B,))``
     returns the scalar loss. ``frame_offset`` (spectrogram models: the first frame of
-    the window) and ``target`` (conditioned models) are drawn by the caller.
+    the window) and ``target`` (conditioned models) are drawn by the caller. The
+    multitask objective also takes the example's labels, ``activity (B, S, N)`` and
+    ``f0 (B, N)`` for the N STFT frames of the whole example, and cuts the window's
+    frames out of them; after each call ``parts`` holds its separation and head losses.
     """
 
     def __init__(self, model: Separator, task: Task) -> None:
@@ -233,6 +249,7 @@ class TrainingObjective(nn.Module):
         d = model.describe()
         self.description = d
         self.alpha = float(getattr(model.config, "alpha", 0.975))
+        self.parts: dict[str, float] = {}
 
     def forward(
         self,
@@ -240,6 +257,8 @@ class TrainingObjective(nn.Module):
         stems: torch.Tensor,
         frame_offset: torch.Tensor | None = None,
         target: torch.Tensor | None = None,
+        activity: torch.Tensor | None = None,
+        f0: torch.Tensor | None = None,
     ) -> torch.Tensor:
         d, task = self.description, self.task
         if d.domain == "waveform":
@@ -288,12 +307,39 @@ class TrainingObjective(nn.Module):
             estimate = self.model.separate(mag.repeat_interleave(sources, dim=0), every)  # (B * S, 1, C, F, T)
             estimate = estimate.view(batch, sources, *estimate.shape[2:])
             return losses.joint_mask_l1(estimate, target_mag, mag, power=joint_power(d))
+        if task.objective == "multitask":
+            return self._multitask(mag, target_mag, frame_offset, activity, f0)
         estimate = self.model.separate(mag, None)
         if estimate.shape != target_mag.shape:
             raise TrainError(f"model returned {tuple(estimate.shape)} for references {tuple(target_mag.shape)}")
         if task.permutation_invariant:
             return losses.pit(losses.mask_inference_l1, estimate, target_mag)[0]
         return losses.mask_inference_l1(estimate, target_mag)
+
+    def _multitask(
+        self,
+        mag: torch.Tensor,
+        target_mag: torch.Tensor,
+        frame_offset: torch.Tensor,
+        activity: torch.Tensor | None,
+        f0: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Separation L1 plus the heads' weighted losses on the window's frames."""
+        if activity is None or f0 is None:
+            raise TrainError("a multitask model needs activity and f0 labels per frame")
+        assert isinstance(self.model, MultitaskUNet)
+        frames = mag.shape[-1]
+        rows = torch.arange(mag.shape[0], device=mag.device)[:, None]
+        cols = frame_offset.to(mag.device)[:, None] + torch.arange(frames, device=mag.device)  # (B, frames)
+        if int(cols.max()) >= f0.shape[-1]:
+            raise TrainError(f"labels cover {f0.shape[-1]} frames; the window needs frame {int(cols.max())}")
+        window_activity = activity.to(mag.device).permute(0, 2, 1)[rows, cols].permute(0, 2, 1)  # (B, S, frames)
+        window_f0 = f0.to(mag.device)[rows, cols]  # (B, frames)
+        masks, heads = self.model.forward_heads(mag)
+        separation = losses.mask_inference_l1(masks * mag[:, None], target_mag)
+        auxiliary, parts = multitask_loss(heads, window_activity, window_f0, self.model.config)
+        self.parts = {"separation": float(separation.detach()), **parts}
+        return separation + auxiliary
 
 
 # --------------------------------------------------------------------------- data
@@ -343,12 +389,20 @@ def make_datasets(
         if task.kind == "music":
             if not (root / "train").is_dir():
                 raise TrainError(f"{root} has no train/ folder: a music model needs MUSDB-layout data")
+            # The multitask heads learn from the renderer's labels of each example's STFT frames.
+            label_frames = None
+            if task.objective == "multitask":
+                assert description.n_fft is not None and description.hop_length is not None
+                label_frames = (description.n_fft, description.hop_length)
             train_set = MusicStems(
                 root, "train", seconds, rate, AugmentConfig(repitch_probability=repitch) if augment else None,
                 description.sources, channels,
-                random_crop=True, seed=seed,
+                random_crop=True, seed=seed, label_frames=label_frames,
             )  # fmt: skip
-            valid_set = MusicStems(root, "valid", seconds, rate, None, description.sources, channels, random_crop=False)
+            valid_set = MusicStems(
+                root, "valid", seconds, rate, None, description.sources, channels,
+                random_crop=False, label_frames=label_frames,
+            )  # fmt: skip
         else:
             if not (root / "tr").is_dir():
                 raise TrainError(f"{root} has no tr/ folder: a speech model needs wsj0-2mix-layout data")
@@ -515,7 +569,8 @@ def train(
     if options.init is not None:
         _warm_start(model, options.init)
     model.to(device)
-    objective: nn.Module = TrainingObjective(model, task)
+    plain_objective = TrainingObjective(model, task)
+    objective: nn.Module = plain_objective
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
     out = Path(options.out)
     state_file = state_path(out)
@@ -572,22 +627,29 @@ def train(
             },
         )
 
+    valid_parts: dict[str, float] = {}  # the multitask objective's validation losses per part
+
     def validate() -> float:
         core = objective.module if isinstance(objective, nn.parallel.DistributedDataParallel) else objective
         model.eval()
         total, count = 0.0, 0
+        parts: dict[str, float] = {}
         loader = DataLoader(valid_set, batch_size=options.batch, num_workers=options.workers)
         with torch.no_grad():
-            for mixture, stems in loader:
+            for mixture, stems, *labels in loader:
                 mixture, stems = mixture.to(device), stems.to(device)
                 targets: list[torch.Tensor | None] = [None]
                 if task.objective == "conditioned":
                     targets = [torch.full((mixture.shape[0],), t, device=device) for t in range(num_sources)]
                 for target in targets:
-                    loss = core(mixture, stems, None, target)
+                    loss = core(mixture, stems, None, target, *labels)
                     total += float(loss) * mixture.shape[0]
                     count += mixture.shape[0]
+                    for name, value in plain_objective.parts.items():
+                        parts[name] = parts.get(name, 0.0) + value * mixture.shape[0]
         model.train()
+        valid_parts.clear()
+        valid_parts.update({f"val_{name}": value / max(count, 1) for name, value in parts.items()})
         return total / max(count, 1)
 
     from tqdm import tqdm
@@ -605,7 +667,7 @@ def train(
             train_set, batch_size=options.batch, sampler=indices, num_workers=options.workers, drop_last=drop_last,
             pin_memory=device.type == "cuda",
         )  # fmt: skip
-        for mixture, stems in loader:
+        for mixture, stems, *labels in loader:  # labels: activity, f0 (multitask models only)
             generator = generator_for(options.seed, step, dist_info.rank)
             frame_offset = target = None
             if description.domain == "spectrogram":
@@ -620,7 +682,7 @@ def train(
                 target = draw_targets(stems, frame_offset, description, generator).to(device)
             mixture = mixture.to(device, non_blocking=True)
             stems = stems.to(device, non_blocking=True)
-            loss = objective(mixture, stems, frame_offset, target)
+            loss = objective(mixture, stems, frame_offset, target, *labels)
             if not torch.isfinite(loss):
                 raise TrainError(f"loss is {float(loss)} at step {step}; lower --lr or check the data")
             for group in optimizer.param_groups:
@@ -640,12 +702,13 @@ def train(
             if step % options.valid_every == 0 or step == last:
                 val = validate() if dist_info.main else math.nan
                 val = _broadcast_float(val, dist_info, device)
-                history.append({"step": step, "train_loss": train_loss, "val_loss": val})
+                history.append({"step": step, "train_loss": train_loss, "val_loss": val, **valid_parts})
                 improved = val < best_val
                 if improved:
                     best_val, best_step = val, step
                 if dist_info.main:
-                    log.info("step %d: train loss %.5g, validation loss %.5g", step, train_loss, val)
+                    heads = "".join(f", {k} {v:.4g}" for k, v in valid_parts.items())
+                    log.info("step %d: train loss %.5g, validation loss %.5g%s", step, train_loss, val, heads)
                     if improved:
                         save_checkpoint(
                             model, out, _metadata(options, step, val, train_loss, device, started, previous_wall)

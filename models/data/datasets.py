@@ -15,6 +15,11 @@ are random crops, optionally augmented by event mixing
 track, in order, the last one zero-padded. Audio is read from disk per example
 (only the window needed), resampled with soxr if the files' rate differs from
 ``sample_rate``, and down- or up-mixed to ``channels`` when given.
+
+With ``label_frames=(n_fft, hop)``, :class:`MusicStems` examples also carry the
+renderer's per-STFT-frame labels (stem activity, lead f0) from each track's
+``notes.json``, computed from the same events as the audio, so crops, remixing,
+dropped stems and repitching keep them aligned (:meth:`MusicStems.labels_of`).
 """
 
 from __future__ import annotations
@@ -27,10 +32,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from stemserve.models.data import music, speech
+from stemserve.models.data import labels, music, speech
 from stemserve.models.data.augment import (
     NO_AUGMENT,
     AugmentConfig,
+    StemEvent,
     fit_length,
     generator_for,
     render_events,
@@ -43,7 +49,7 @@ class DataError(ValueError):
     """A data folder that is missing, empty or inconsistent, with what was expected."""
 
 
-class _StemFolders(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+class _StemFolders(Dataset[tuple[torch.Tensor, ...]]):
     """Shared machinery: ``files[i]`` is ``(mixture_path, [stem_path, ...])`` for track ``i``.
 
     ``files`` lists *every* stem of a track (so that an augmented mixture is the sum
@@ -139,14 +145,24 @@ class _StemFolders(Dataset[tuple[torch.Tensor, torch.Tensor]]):
                 raise DataError(f"{path}: {audio.shape[0]} channels, cannot make {self.channels}")
         return torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        mixture, stems, _ = self._example(index)
+        return mixture, stems
+
+    def _example(self, index: int) -> tuple[torch.Tensor, torch.Tensor, list[StemEvent]]:
+        """``(mixture (C, T), selected stems (S, C, T), one event per stem of files[track])``.
+
+        The events say where each stem's audio came from (track, file offset, speed, dropped), which
+        is what labels of the example must follow; evaluation windows get plain events.
+        """
         if not 0 <= index < len(self):
             raise IndexError(index)
         if not self.random_crop:
             track, offset = self.windows[index]
             mixture_path, stem_paths = self.files[track]
             stems = torch.stack([self._read(stem_paths[i], offset, self.segment) for i in self.select])
-            return self._read(mixture_path, offset, self.segment), stems
+            plain = [StemEvent(s, track, offset, 1.0, False, False) for s in range(len(stem_paths))]
+            return self._read(mixture_path, offset, self.segment), stems, plain
         assert self.segment is not None
         generator = generator_for(self.seed, self.epoch, index)
         events = sample_events(
@@ -162,7 +178,7 @@ class _StemFolders(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             self.segment,
         )  # fmt: skip
         # The mixture of all (augmented) stems, exactly; then the stems asked for.
-        return stems.sum(0), stems[self.select]
+        return stems.sum(0), stems[self.select], events
 
 
 class MusicStems(_StemFolders):
@@ -179,6 +195,9 @@ class MusicStems(_StemFolders):
         random_crop: random windows (default: for ``train``) or every window in order.
         seed: seed of the random windows / augmentation.
         items_per_track: random examples per track and epoch (default: track length / segment).
+        label_frames: ``(n_fft, hop)`` of an STFT without centring: each example then also
+            carries the renderer's labels of its frames (see :meth:`labels_of`), as
+            ``(mixture, stems, activity (S, N), f0 (N,))``.
     """
 
     def __init__(
@@ -193,6 +212,7 @@ class MusicStems(_StemFolders):
         random_crop: bool | None = None,
         seed: int = 0,
         items_per_track: int | None = None,
+        label_frames: tuple[int, int] | None = None,
     ) -> None:
         tracks = list(music.iter_tracks(root, split))
         if not tracks:
@@ -213,9 +233,71 @@ class MusicStems(_StemFolders):
         crop = split == "train" if random_crop is None else random_crop
         select = [every.index(name) for name in self.sources]
         super().__init__(files, select, segment_seconds, sample_rate, channels, augment, crop, seed, items_per_track)
+        self.every = tuple(every)
+        self.label_frames = label_frames
+        self._notes: dict[int, dict[str, np.ndarray]] = {}
+        if label_frames is not None:
+            n_fft, hop = label_frames
+            if n_fft < 1 or hop < 1:
+                raise ValueError(f"label_frames must be (n_fft, hop) >= 1, got {label_frames}")
+            for index in range(len(tracks)):
+                self._notes_of(index)  # fail now, naming the track, when a notes file is missing
 
     def track_names(self) -> list[str]:
         return [t.name for t in self.tracks]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        mixture, stems, events = self._example(index)
+        if self.label_frames is None:
+            return mixture, stems
+        activity, f0 = self.labels_of(events, mixture.shape[-1])
+        return mixture, stems, activity, f0
+
+    def _notes_of(self, track: int) -> dict[str, np.ndarray]:
+        """Track ``track``'s notes per stem (read once), every stem of ``every`` present."""
+        if track not in self._notes:
+            try:
+                notes = labels.read_notes(self.tracks[track])
+            except labels.LabelError as err:
+                raise DataError(str(err)) from err
+            missing = [name for name in self.every if name not in notes]
+            if missing:
+                raise DataError(f"{self.tracks[track] / 'notes.json'} has no notes for {missing}")
+            self._notes[track] = notes
+        return self._notes[track]
+
+    def labels_of(self, events: Sequence[StemEvent], samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Labels of the STFT frames of an example of ``samples`` samples built from ``events``.
+
+        Frame ``k`` (samples ``k * hop ...`` of the example, ``N = (samples - n_fft) // hop + 1``
+        frames) is labelled at its centre, mapped back to where its audio came from: each stem
+        to its own event's track at ``offset + centre * speed`` (remixed stems come from other
+        songs, repitched ones play ``speed`` times as fast and ``12 log2(speed)`` semitones
+        higher). A dropped stem is silent, a dropped lead unvoiced; gains and channel swaps
+        change no label. Returns ``activity (S, N)`` in the order of ``sources`` and the lead's
+        ``f0 (N,)`` (MIDI pitch, 0 where unvoiced), both float32.
+        """
+        if self.label_frames is None:
+            raise ValueError("this dataset was made without label_frames")
+        n_fft, hop = self.label_frames
+        frames = max(0, (samples - n_fft) // hop + 1)
+        centres = (np.arange(frames) * hop + n_fft / 2) / self.sample_rate  # seconds into the example
+
+        def times(event: StemEvent) -> np.ndarray:
+            return event.offset / self.file_rate + centres * event.speed  # seconds into the event's track
+
+        activity = np.zeros((len(self.select), frames), dtype=np.float32)
+        for row, stem in enumerate(self.select):
+            event = events[stem]
+            if not event.dropped:
+                activity[row] = labels.activity_at(self._notes_of(event.track)[self.every[stem]], times(event))
+        f0 = np.zeros(frames, dtype=np.float32)
+        lead = events[self.every.index(labels.LEAD)] if labels.LEAD in self.every else None
+        if lead is not None and not lead.dropped:
+            notes = self._notes_of(lead.track)[labels.LEAD]
+            pitch = labels.lead_f0_at(notes, times(lead))
+            f0 = np.where(pitch > 0, pitch + 12.0 * np.log2(lead.speed), 0.0).astype(np.float32)
+        return torch.from_numpy(activity), torch.from_numpy(f0)
 
 
 class SpeechMixtures(_StemFolders):

@@ -81,18 +81,31 @@ def frame_labels(
         events = notes.get(stem)
         if events is None:
             raise LabelError(f"no notes for stem {stem!r} (have {sorted(notes)})")
-        if len(events):
-            sounding = (events[:, :1] <= t) & (t < events[:, 1:2])  # (notes, frames)
-            activity[i] = sounding.any(axis=0)
-    f0 = np.zeros(frames, dtype=np.float32)
+        activity[i] = activity_at(events, t)
     lead = notes.get(LEAD)
-    if lead is not None and len(lead):
-        sounding = (lead[:, :1] <= t) & (t < lead[:, 1:2])  # (notes, frames)
-        onsets = np.where(sounding, lead[:, :1], -np.inf)
-        latest = onsets.argmax(axis=0)  # (frames,)
-        voiced_frames = sounding.any(axis=0)
-        f0[voiced_frames] = lead[latest[voiced_frames], 2]
+    f0 = lead_f0_at(lead, t) if lead is not None else np.zeros(frames, dtype=np.float32)
     return FrameLabels(activity=activity, f0=f0, voiced=(f0 > 0).astype(np.float32))
+
+
+def activity_at(events: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """``(len(t),)`` float32: 1 where one of a stem's notes ``(notes, 3)`` sounds at times ``t`` (seconds)."""
+    if not len(events):
+        return np.zeros(len(t), dtype=np.float32)
+    sounding = (events[:, :1] <= t) & (t < events[:, 1:2])  # (notes, frames)
+    return np.asarray(sounding.any(axis=0), dtype=np.float32)
+
+
+def lead_f0_at(events: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """``(len(t),)`` float32 MIDI pitch of the lead note sounding at times ``t`` (latest onset wins), else 0."""
+    f0 = np.zeros(len(t), dtype=np.float32)
+    if not len(events):
+        return f0
+    sounding = (events[:, :1] <= t) & (t < events[:, 1:2])  # (notes, frames)
+    onsets = np.where(sounding, events[:, :1], -np.inf)
+    latest = onsets.argmax(axis=0)  # (frames,)
+    voiced = sounding.any(axis=0)
+    f0[voiced] = events[latest[voiced], 2]
+    return f0
 
 
 def midi_to_hz(pitch: np.ndarray) -> np.ndarray:
