@@ -4,7 +4,9 @@ The module builds the plugin with CMake once (``build/lv2``, incremental) and th
 
 1. **Offline host** (``lv2file``, freewheeling): the rendered file equals the server's own offline
    separation shifted by the latency the plugin reported, for several host block sizes.
-2. **Real-time host** (``jalv`` on ``jackd -d dummy``, 48 kHz, 256 frames): see ``test_lv2_jalv``.
+2. **Real-time host** (``jalv`` on ``jackd -d dummy``, 48 kHz, 256 frames): see ``test_jalv_...``.
+3. **A DAW** (Ardour 7.3 headless: ``ardour7-lua`` builds the session, ``ardour7-export`` exports it
+   freewheeling): one recorded take, copied per test; see ``test_ardour_...``.
 """
 
 from __future__ import annotations
