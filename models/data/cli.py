@@ -67,7 +67,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--voices",
         default="",
         help="comma-separated voices to draw from (espeak-ng languages such as en,de; flite voices "
-        "kal,kal16,awb,rms,slt); default: every voice of the engines",
+        "kal,awb,rms,slt); default: every voice of the engines",
     )
 
 

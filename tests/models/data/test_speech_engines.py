@@ -36,7 +36,7 @@ def test_each_engine_renders_a_mixture_that_sums(tmp_path: Path, engine: str) ->
     assert min(speech.power(s1), speech.power(s2)) > 1e-7
     speakers = _speakers(root)
     assert [s.engine for s in speakers] == [engine, engine]
-    assert all(s.voice in speech.ENGINE_VOICES[engine] for s in speakers)
+    assert all(s.voice in speech.ENGINE_VOICES[engine] for s in speakers) and speech.different(*speakers)
     manifest = json.loads((root / "dataset.json").read_text())
     assert manifest.get("engines", ["espeak-ng"]) == [engine]
 
@@ -68,6 +68,13 @@ def test_a_mixed_pool_draws_both_engines_and_voices_restrict_it() -> None:
     assert {s.voice for s in both if s.engine == "flite"} == set(speech.FLITE_VOICES)
     only = [speech.random_speaker(rng, ("flite",), ("slt", "awb")) for _ in range(50)]
     assert {s.voice for s in only} == {"slt", "awb"}
+
+
+def test_flite_speakers_differ_only_where_the_voice_follows_the_pitch() -> None:
+    slt_low, slt_high = (speech.Speaker("slt", "", p, 160, "flite") for p in (20, 60))
+    rms_low, rms_high = (speech.Speaker("rms", "", p, 160, "flite") for p in (20, 60))
+    assert speech.different(slt_low, slt_high) and speech.different(slt_low, rms_low)
+    assert not speech.different(rms_low, rms_high)  # rms ignores the f0 scale: one voice
 
 
 def test_bad_engine_settings_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
