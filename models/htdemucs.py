@@ -398,7 +398,9 @@ class FrequencyEmbedding(nn.Module):
 
     def __init__(self, bins: int, channels: int, scale: float) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(bins, channels)
+        # Starts at zero (loaded weights replace it): a random start would cost seconds under the
+        # meta device that ``stemserve models`` builds presets on (torch traces ``normal_`` there).
+        self.embedding = nn.Embedding(bins, channels, _weight=torch.zeros(bins, channels))
         self.scale = scale
 
     def forward(self, bins: int, device: torch.device) -> torch.Tensor:

@@ -90,8 +90,8 @@ def test_package_files_load_unchanged_and_compute_the_package_forward(
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"shifts": 0, "overlap": 0.5, "transition_power": 2.0, "segment": 0.6}],
-    ids=["defaults", "no-shift-overlap0.5-power2-segment0.6"],
+    [{}, {"shifts": 0, "overlap": 0.5, "transition_power": 2.0, "segment": 0.6}, {"shifts": 2}],
+    ids=["defaults", "no-shift-overlap0.5-power2-segment0.6", "two-shifts"],
 )
 def test_files_separate_as_apply_model(tmp_path: Path, options: dict) -> None:
     """3.3 s at 8 kHz: 4-5 segments of the model's 1 s (or 0.6 s), shifted by up to 0.5 s."""
@@ -198,3 +198,18 @@ def test_files_and_bags_that_do_not_load_get_one_line(tmp_path: Path) -> None:
     for name, (text, found) in cases.items():
         (tmp_path / name).write_text(text)
         _one_line_refusal(tmp_path / name, "a bag of models that does not load (" + found)
+
+
+def test_live_sessions_get_the_chunked_plan_with_a_chunk_of_latency() -> None:
+    """As Demucs v2 (a 10 s chunk): a live session is admitted on the chunked-overlap plan, its
+    model latency one chunk (7.8 s for the published models), far over a real-time budget."""
+    from stemserve.server.engine.engine import Engine, EngineConfig
+
+    engine = Engine(EngineConfig(device="cpu", max_batch=1))
+    try:
+        config = HTDemucsConfig(channels=8, dconv_comp=4, t_layers=2, t_heads=4, segment=0.5, samplerate=RATE)
+        engine.load_model("htdemucs", model=HTDemucs(config).eval())
+        session = engine.open_session("htdemucs", RATE, 2)
+        assert session.latency.model == int(0.5 * RATE) - 1
+    finally:
+        engine.shutdown()
