@@ -41,6 +41,7 @@ class Official:
     demucs: Any  # the package's Demucs, the oracle's network
     demucs_path: Path
     umx_folder: Path
+    umx_one: Path  # one target: the post-filter needs the residual as its second source
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +53,21 @@ def official(tmp_path_factory: pytest.TempPathFactory) -> Official:
             umx, folder / "umx", UMX_TARGETS, hidden_size=32, nb_channels=2, sample_rate=RATE,
             n_fft=4096, n_hop=1024, max_bin=1487,
         )  # fmt: skip
-    return Official(reference, write_demucs_file(reference, folder / "demucs.th"), umx_folder)
+        umx_one = write_umx_folder(
+            umx, folder / "umx1", ("vocals",), hidden_size=16, nb_channels=2, sample_rate=RATE,
+            n_fft=4096, n_hop=1024, max_bin=1487,
+        )  # fmt: skip
+    return Official(reference, write_demucs_file(reference, folder / "demucs.th"), umx_folder, umx_one)
 
 
 @pytest.fixture(scope="module")
 def served(official: Official, checkpoints: dict[str, str]) -> Iterator[EmbeddedServer]:
-    models = {"demucs": str(official.demucs_path), "umx": str(official.umx_folder), "multi": checkpoints["multi"]}
+    models = {
+        "demucs": str(official.demucs_path),
+        "umx": str(official.umx_folder),
+        "umx1": str(official.umx_one),
+        "multi": checkpoints["multi"],
+    }
     with running_server(models) as server:
         yield server
 
@@ -160,9 +170,10 @@ def test_a_25_s_demucs_file_through_the_embedded_command_equals_apply_model(offi
         ("demucs", {"overlap": 1.0}, "overlap must be in [0, 1), got 1.0"),
         ("demucs", {"segment_seconds": 0.0001, "overlap": 0.9}, "leaves no hop"),
         ("umx", {"shifts": 2}, "model umx does not take shifts (its file options: niter, residual)"),
+        ("umx1", {"niter": 1}, "model umx1: the Wiener post-filter (niter > 0) needs two sources: add residual=True"),
         ("multi", {"shifts": 2}, "model multi streams its files and takes no file options (got shifts)"),
     ],
-    ids=["niter-on-demucs", "overlap-1", "no-hop", "shifts-on-umx", "streaming-model"],
+    ids=["niter-on-demucs", "overlap-1", "no-hop", "shifts-on-umx", "one-target-niter", "streaming-model"],
 )
 def test_options_a_model_does_not_take_are_invalid_argument(
     served: EmbeddedServer, model: str, options: dict[str, Any], message: str
