@@ -37,7 +37,7 @@ def _weights(name: str) -> Path:
 def test_the_bundled_models_are_the_ones_serve_uses() -> None:
     names = list(bundled_models())
     assert names[0] == "conditioned_unet"  # the DAW default comes first
-    assert {"conditioned_unet", "chimera", "conv_tasnet_causal"} <= set(names)
+    assert {"conditioned_unet", "chimera", "conv_tasnet_causal", "demucs_causal_music"} <= set(names)
     for path in bundled_models().values():
         assert path is not None and Path(path).stat().st_size <= 25 * 2**20
 
@@ -81,3 +81,22 @@ def test_causal_conv_tasnet_separates_held_out_speakers() -> None:
         gains += [si_sdr(r, e) - si_sdr(r, mixture) for r, e in zip(refs, estimates, strict=True)]
     # CPU training: a modest but real improvement (measured: +2.3 ... +6.0 dB, mean +4.1).
     assert np.mean(gains) > 1.0 and min(gains) > 0.0, gains
+
+
+@torch.no_grad()
+def test_low_latency_causal_demucs_separates_drums_and_bass_of_a_held_out_song() -> None:
+    """Measured SI-SDR gains on the held-out song: drums +6.8, bass +13.5, other -1.8, vocals -0.6 dB.
+
+    800 CPU steps on 9 songs: drums and bass are learnt, other and vocals are not yet (README table).
+    """
+    model = load_checkpoint(_weights("demucs_causal_music")).eval()
+    description = model.describe()
+    assert description.causal and description.stream_delay is not None
+    assert description.lookahead <= 0.050 * description.sample_rate  # <= 50 ms at 44.1 kHz
+    sources = description.sources
+    mixture = _read(HELDOUT / "music" / "mixture.flac")
+    stems = np.stack([_read(HELDOUT / "music" / f"{s}.flac") for s in sources])
+    estimates = separate_signal(model, torch.from_numpy(mixture)).numpy()
+    gains = {s: si_sdr(ref, est) - si_sdr(ref, mixture) for s, ref, est in zip(sources, stems, estimates, strict=True)}
+    assert gains["drums"] > 4.0 and gains["bass"] > 8.0, gains
+    assert np.mean(list(gains.values())) > 3.0, gains
