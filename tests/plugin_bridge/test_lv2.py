@@ -424,7 +424,9 @@ def ardour_export(
         sf.write(path, channel, RATE, subtype="FLOAT")
     lv2_hosts.ardour_lua(lv2_hosts.ARDOUR_INSERT, tmp_path, env, "insert", f"REGION {region_at} {frames}")
     exported = tmp_path / "export.wav"
-    log = subprocess_run(["ardour7-export", "-b", "float", "-o", str(exported), str(session), "t"], env)
+    log = subprocess_run(
+        ["ardour7-export", "-b", "float", "-o", str(exported), str(session), "t"], env, retries_on_abort=1
+    )
     out, rate = sf.read(exported, dtype="float32", always_2d=True)
     assert rate == RATE
     timeline = np.zeros((audio.shape[0], region_at + frames), dtype=np.float32)
@@ -432,11 +434,19 @@ def ardour_export(
     return ArdourExport(timeline, out.T.copy(), region_at, lv2_hosts.reported_latency(log))
 
 
-def subprocess_run(command: list[str], env: dict[str, str]) -> str:
+def subprocess_run(command: list[str], env: dict[str, str], retries_on_abort: int = 0) -> str:
+    """Run a host tool; it must exit 0. ``retries_on_abort``: ardour7-export (7.3) sometimes dies
+    of a glibc heap abort ("double free or corruption", about one export in ten under load on
+    2 cores; the cause is not found yet, see plugin_bridge/lv2/README.md): it is run again, and
+    the crash is printed, never hidden in a pass without a trace."""
     import subprocess
 
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    out = done.stdout + done.stderr
+    for attempt in range(retries_on_abort + 1):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        out = done.stdout + done.stderr
+        if done.returncode >= 0 or attempt == retries_on_abort:
+            break
+        print(f"{command[0]} died of signal {-done.returncode} (attempt {attempt + 1}):\n{out[-1500:]}")
     assert done.returncode == 0, f"{command[0]} failed ({done.returncode}):\n{out[-3000:]}"
     return out
 
