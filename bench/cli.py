@@ -25,7 +25,7 @@ ITEMS: dict[str, str] = {
     "batching": "window batcher windows/s at batch 1..64",
     "latency_budget": "algorithmic + compute + transport latency per model",
     "growth": "Separate time and peak memory vs file length",
-    "files": "file jobs: s per s of audio, throughput vs live plan, ours vs the demucs package",
+    "files": "file jobs: s per s of audio, throughput vs live plan, ours vs demucs and openunmix (same weights)",
     "soak": "samples lost / duplicated / misaligned under killed clients and server restarts; bad input",
 }
 
