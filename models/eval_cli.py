@@ -33,6 +33,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="SDR chunk (default 1 s for music, whole utterance for speech)",
     )
     parser.add_argument("--tracks", type=int, default=None, help="score only the first N tracks")
+    parser.add_argument(
+        "--plan",
+        choices=("file", "live"),
+        default="file",
+        help="score what a file job computes (default) or what a live session streams",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -53,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
             targets=targets,
             chunk_seconds=args.chunk_seconds,
             max_tracks=args.tracks,
+            plan=args.plan,
             progress=not args.no_progress,
             keep_first=args.figure is not None,
         )
@@ -60,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"stemserve eval: {err}", file=sys.stderr)
         return 2
     report["checkpoint"] = str(args.model)
+    report["plan"] = args.plan
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

@@ -3,10 +3,11 @@
 For every track of a split, three estimates of each stem are scored against
 the true stem:
 
-* **model**: whole-track separation with :func:`models.apply.separate_signal`
-  (the offline reference path; conditioned models are run once per target, or
-  for all targets in one call when the model normalises its stems jointly,
-  see :mod:`models.joint`);
+* **model**: whole-track separation as a file job computes it (the
+  throughput plan of :func:`models.apply.file_plan`, or an official model's
+  whole-signal method; ``plan="live"``: the live sessions' plan). Conditioned
+  models are run once per target, or for all targets in one call when the
+  model normalises its stems jointly (see :mod:`models.joint`);
 * **irm** (upper bound): the oracle ideal ratio mask ``|S_j| / sum_k |S_k|``
   from the true stems' STFT magnitudes (the model's ``n_fft`` / ``hop``, or
   4096 / 1024 for waveform models), applied to the mixture STFT and inverted;
@@ -269,15 +270,30 @@ def _adapt(model: Separator, separate: Separate, mixture: np.ndarray, rate: int,
     return np.asarray(out[..., :length], dtype=np.float32)
 
 
-def _default_separate(model: Separator) -> Separate:
-    try:
-        from stemserve.models.apply import separate_signal
-    except ImportError as err:  # pragma: no cover - only while models/apply.py is missing
-        raise EvaluationError(f"models.apply.separate_signal is not available: {err}") from err
+PLANS = ("file", "live")
+
+
+def _default_separate(model: Separator, plan: str = "file") -> Separate:
+    """What a job on the server computes: ``"file"``, a file job's path (the model's
+    whole-signal ``separate_offline`` when it has one, as :mod:`server.engine.whole`
+    chooses; else the throughput plan :func:`models.apply.file_plan`), or ``"live"``,
+    the live sessions' plan :func:`models.apply.plan_for`."""
+    from stemserve.models.apply import file_plan, plan_for, separate_signal
+
+    if plan not in PLANS:
+        raise EvaluationError(f"unknown plan {plan!r}; choose one of {', '.join(PLANS)}")
+    d = model.describe()
+    offline = None
+    if plan == "file" and not (d.domain == "waveform" and d.causal):
+        offline = getattr(model, "separate_offline", None)
+    chosen = file_plan(d) if plan == "file" else plan_for(d)
 
     def run(wav: torch.Tensor, target: int | None) -> torch.Tensor:
         with torch.no_grad():
-            return torch.as_tensor(separate_signal(model, wav, target))
+            if offline is not None:
+                stems = torch.as_tensor(offline(wav))
+                return stems if target is None else stems[target : target + 1]
+            return torch.as_tensor(separate_signal(model, wav, target, plan=chosen))
 
     return run
 
@@ -310,6 +326,7 @@ def evaluate(
     chunk_seconds: float | None = None,
     max_tracks: int | None = None,
     separate: Separate | None = None,
+    plan: str = "file",
     progress: bool = False,
     keep_first: bool = True,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
@@ -318,15 +335,17 @@ def evaluate(
     Args:
         targets: stems to score (default: every source of the model).
         chunk_seconds: SDR chunk length; None means 1 s for music, whole utterances for speech.
-        separate: ``separate(wav (C, T), target) -> (S, C, T)``; default
-            :func:`models.apply.separate_signal` on ``model``.
+        separate: ``separate(wav (C, T), target) -> (S, C, T)``; default: the
+            server's path for ``plan``.
+        plan: ``"file"`` (default) scores what a file job (``stemserve separate``)
+            computes, ``"live"`` what a live session streams (the live plan).
         keep_first: also return the first track's mixture / estimates / references
             for :func:`write_figure`.
     Returns:
         ``(report, first)`` where ``report`` is JSON-able (NaN as None).
     """
     d = model.describe()
-    separate = separate or _default_separate(model)
+    separate = separate or _default_separate(model, plan)
     tracks = load_tracks(data, split, max_tracks)
     is_speech = tracks[0].sources == speech.SOURCES
     chunk = (0.0 if is_speech else 1.0) if chunk_seconds is None else chunk_seconds

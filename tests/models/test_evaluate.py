@@ -187,3 +187,30 @@ def test_irm_share_places_the_model_between_mixture_and_oracle() -> None:
     assert share["a"] == pytest.approx(0.5) and share["b"] == 0.0
     assert math.isnan(share["c"])  # the oracle does not beat the mixture: no scale
     assert share["mean"] == pytest.approx(0.25)
+
+
+def test_by_default_the_model_is_scored_as_a_file_job_computes_it_and_live_is_a_setting(toy_music: Path) -> None:
+    from stemserve.models.apply import file_plan, plan_for, separate_signal
+    from stemserve.models.evaluate import EvaluationError
+
+    torch.manual_seed(0)
+    model = registry.build("multi_unet", {**TINY_UNET, "sample_rate": RATE}).eval()
+    d = model.describe()
+
+    def with_plan(plan):  # type: ignore[no-untyped-def]
+        def separate(wav: torch.Tensor, target: int | None) -> torch.Tensor:
+            with torch.no_grad():
+                return separate_signal(model, wav, target, plan=plan)
+
+        return separate
+
+    def model_sdrs(report: dict) -> list[float]:  # type: ignore[type-arg]
+        return [t["model"][s]["sdr"] for t in report["tracks"] for s in d.sources]
+
+    default, _ = evaluate(model, toy_music, keep_first=False)
+    live, _ = evaluate(model, toy_music, plan="live", keep_first=False)
+    assert model_sdrs(default) == model_sdrs(evaluate(model, toy_music, separate=with_plan(file_plan(d)))[0])
+    assert model_sdrs(live) == model_sdrs(evaluate(model, toy_music, separate=with_plan(plan_for(d)))[0])
+    assert model_sdrs(default) != model_sdrs(live)  # the plans tile the signal differently
+    with pytest.raises(EvaluationError, match="unknown plan"):
+        evaluate(model, toy_music, plan="fast")
