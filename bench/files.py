@@ -169,6 +169,7 @@ def openunmix_package() -> Iterator[types.ModuleType]:
     try:
         import openunmix
         import openunmix.model
+        import openunmix.utils  # load_separator, the package's folder loader (tests use it)
 
         yield openunmix
     finally:

@@ -2,41 +2,23 @@
 
 Test-only: ``openunmix`` and ``demucs`` are oracles, never imported by product code.
 ``openunmix`` imports torchaudio at import time, which has no build here; the
-package needs it only to read audio files, so :func:`openunmix_package` puts an
-empty stand-in module in its place for the duration of a test and removes it,
-and the package's modules, afterwards.
+package needs it only to read audio files, so :func:`openunmix_package` (the
+bench's, :mod:`bench.files`, which times the same peer) puts an empty stand-in
+module in its place for the duration of a test and removes it, and the
+package's modules, afterwards.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import types
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from stemserve.bench.files import openunmix_package as openunmix_package  # re-exported for the tests
 from torch import nn
-
-
-@contextmanager
-def openunmix_package() -> Iterator[types.ModuleType]:
-    """``import openunmix`` with an empty torchaudio stand-in; both unloaded on exit."""
-    had_torchaudio = "torchaudio" in sys.modules
-    sys.modules.setdefault("torchaudio", types.ModuleType("torchaudio"))
-    try:
-        import openunmix
-        import openunmix.utils  # load_separator: the package's folder loader
-
-        yield openunmix
-    finally:
-        for name in [n for n in sys.modules if n == "openunmix" or n.startswith("openunmix.")]:
-            del sys.modules[name]
-        if not had_torchaudio:
-            sys.modules.pop("torchaudio", None)
 
 
 def randomise(model: nn.Module, seed: int, scale: float = 0.3) -> nn.Module:
