@@ -38,13 +38,19 @@ class ImpulseRig:
     def _record(self, frames: int) -> None:
         self.recorded.append((self.recorder.last_frame_time, self.rec_port.get_array().copy()))
 
-    def peaks(self, window: int) -> list[tuple[int, float]]:
+    @property
+    def recorded_until(self) -> int:
+        """JACK frame time just after the last recorded frame."""
+        t, block = self.recorded[-1]
+        return t + len(block)
+
+    def peaks(self, window: int, impulses: list[int] | None = None) -> list[tuple[int, float]]:
         """``(delay in frames, value)`` of the recording's largest sample within ``window`` frames after
-        each impulse."""
+        each impulse (of ``impulses``, default all played)."""
         times = np.concatenate([t + np.arange(len(b)) for t, b in self.recorded])
         out = np.concatenate([b for _, b in self.recorded])
         peaks = []
-        for t in self.impulses:
+        for t in self.impulses if impulses is None else impulses:
             inside = (times >= t) & (times < t + window)
             assert inside.any(), f"nothing recorded after the impulse at {t}"
             peak = int(np.argmax(np.abs(out[inside])))
