@@ -9,16 +9,9 @@ from stemserve.models import registry
 from stemserve.models.apply import separate_signal
 from stemserve.models.joint import joint_stems, normalise_stems
 
-TINY = {
-    "sample_rate": 16000,
-    "audio_channels": 2,
-    "n_fft": 64,
-    "hop_length": 16,
-    "bins": 32,
-    "window_frames": 8,
-    "channels": (4, 8),
-    "dropout": 0.0,
-}
+from tests.server.engine.tiny_models import TINY_UNET_CONFIG
+
+TINY = TINY_UNET_CONFIG
 
 
 def test_normalised_stems_keep_their_ratios_and_sum_to_the_mixture() -> None:

@@ -22,16 +22,9 @@ from stemserve.protos import stemserve_pb2_grpc as pb_grpc
 from stemserve.server.embedded import EmbeddedServer
 from stemserve.server.engine import Engine, EngineConfig
 
-TINY = {
-    "sample_rate": 16000,
-    "audio_channels": 2,
-    "n_fft": 64,
-    "hop_length": 16,
-    "bins": 32,
-    "window_frames": 8,
-    "channels": (4, 8),
-    "dropout": 0.0,
-}
+from tests.server.engine.tiny_models import TINY_UNET_CONFIG
+
+TINY = TINY_UNET_CONFIG
 RATE, CHANNELS, BLOCK = 16000, 2, 256
 
 

@@ -17,6 +17,18 @@ from stemserve.models.base import Separator
 from stemserve.models.description import ModelDescription, window_span
 from torch import nn
 
+# A U-Net preset's config shrunk to test size (16 kHz stereo, 8-frame windows), for registry.build.
+TINY_UNET_CONFIG = {
+    "sample_rate": 16000,
+    "audio_channels": 2,
+    "n_fft": 64,
+    "hop_length": 16,
+    "bins": 32,
+    "window_frames": 8,
+    "channels": (4, 8),
+    "dropout": 0.0,
+}
+
 
 @dataclass(frozen=True)
 class TinySpecConfig:
