@@ -228,10 +228,17 @@ def test_jalv_impulse_at_reported_latency_target_change_and_server_restart(lv2_p
         # The host reads the plugin's latency port and publishes it to JACK. Where: on the outputs'
         # capture range; jalv 1.6.6's latency callback puts it on the ports it read instead (the
         # inputs' capture range, here fed by a port of latency 0), the outputs' stays 0.
-        published = {
-            port: port_latency(recorder.get_port_by_name(f"stemlv2:{port}"), CAPTURE_LATENCY)
-            for port in ("in_l", "out_l")
-        }
+        # JACK runs the host's latency callback after the connections are made, in its own time: read
+        # until it has (a few seconds at most), not at once.
+        def published_now() -> dict[str, tuple[int, int]]:
+            return {
+                port: port_latency(recorder.get_port_by_name(f"stemlv2:{port}"), CAPTURE_LATENCY)
+                for port in ("in_l", "out_l")
+            }
+
+        read_by = time.monotonic() + 5
+        while (total, total) not in (published := published_now()).values() and time.monotonic() < read_by:
+            time.sleep(0.05)
 
         def mark(name: str) -> None:
             marks[name] = recorder.frame_time  # JACK frame time: the clock the impulses are stamped with
