@@ -11,15 +11,23 @@ class ImpulseRig:
     its first cycle, ``count`` in all) on its port ``out``; ``recorder`` records its port ``in``.
 
     Register before activating the clients; connect :attr:`play_port` and :attr:`rec_port` after.
+    With ``steady`` set, the player also plays that constant on :attr:`steady_port` and the recorder
+    records :attr:`rec_steady_port` (:attr:`recorded_steady`): a signal present at every frame, to
+    time a change to the frame.
     """
 
-    def __init__(self, player: jack.Client, recorder: jack.Client, interval: int, count: int) -> None:
+    def __init__(
+        self, player: jack.Client, recorder: jack.Client, interval: int, count: int, steady: float | None = None
+    ) -> None:
         self.player, self.recorder = player, recorder
-        self.interval, self.count = interval, count
+        self.interval, self.count, self.steady = interval, count, steady
         self.play_port = player.outports.register("out")
         self.rec_port = recorder.inports.register("in")
+        self.steady_port = player.outports.register("steady") if steady is not None else None
+        self.rec_steady_port = recorder.inports.register("steady") if steady is not None else None
         self.impulses: list[int] = []  # JACK frame time of each impulse played
         self.recorded: list[tuple[int, np.ndarray]] = []  # (frame time, samples) per recorder cycle
+        self.recorded_steady: list[np.ndarray] = []  # per recorder cycle, with ``recorded``
         self._first: int | None = None
         player.set_process_callback(self._play)
         recorder.set_process_callback(self._record)
@@ -28,6 +36,8 @@ class ImpulseRig:
         t0 = self.player.last_frame_time
         if self._first is None:
             self._first = t0 + self.interval
+        if self.steady_port is not None:
+            self.steady_port.get_array()[:] = self.steady
         buf = self.play_port.get_array()
         buf[:] = 0.0
         k = (self._first - t0) % self.interval  # frames from this cycle's start to the next impulse time
@@ -37,6 +47,13 @@ class ImpulseRig:
 
     def _record(self, frames: int) -> None:
         self.recorded.append((self.recorder.last_frame_time, self.rec_port.get_array().copy()))
+        if self.rec_steady_port is not None:
+            self.recorded_steady.append(self.rec_steady_port.get_array().copy())
+
+    def steady_output(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(JACK frame times, samples)`` of the recorded steady channel, every recorded frame."""
+        times = np.concatenate([t + np.arange(len(b)) for t, b in self.recorded])
+        return times, np.concatenate(self.recorded_steady)
 
     @property
     def recorded_until(self) -> int:

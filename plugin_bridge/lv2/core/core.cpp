@@ -37,6 +37,8 @@ int64_t now_ns() {
 
 float unit(float v) { return std::isfinite(v) ? std::min(1.0f, std::max(0.0f, v)) : 0.0f; }
 
+int supported_channels(int channels) { return std::min(kMaxChannels, std::max(1, channels)); }
+
 bool same_parameters(const Controls& a, const Controls& b) {
   if (a.target != b.target || a.mix != b.mix) return false;
   for (int i = 0; i < kMaxGains; ++i)
@@ -61,10 +63,25 @@ void add_token(grpc::ClientContext& context, const std::string& token) {
 
 }  // namespace
 
+// The server's own rule (server/engine/session.py, SessionParameters.coefficients): the target's
+// stem alone, or every stem by its gain (sources past the gain controls keep 1), times the mix;
+// the rest of the mix is the dry input. A target past the session's sources selects a silent stem.
+Mix Mix::of(const Controls& controls) {
+  Mix m{};
+  const float mix = unit(controls.mix);
+  for (int k = 0; k < kMaxStems; ++k) {
+    const float weight = controls.target == 0 ? (k < kMaxGains ? unit(controls.gains[k]) : 1.0f)
+                                              : (controls.target == k + 1 ? 1.0f : 0.0f);
+    m.wet[k] = weight * mix;
+  }
+  m.dry = 1.0f - mix;
+  return m;
+}
+
 struct Core::Session {
   grpc::ClientContext context;
   std::unique_ptr<grpc::ClientReaderWriter<v1::StreamRequest, v1::StreamResponse>> stream;
-  std::vector<std::string> sources;
+  std::vector<std::string> sources;  // the session's, in the order the stems are kept in OutputRing
   uint64_t origin = 0;   // host input frame of the session's input frame 0
   uint64_t offset = 0;   // total - L: host output = origin + session output position + offset
   uint64_t latency = 0;  // L: the session's first L output frames estimate input from before it began
@@ -79,10 +96,11 @@ Core::Core(const Settings& settings, const Connection& connection)
     : settings_(settings),
       margin_(settings.host_block + static_cast<uint64_t>(std::lround(settings.margin_ms * settings.sample_rate / 1000.0))),
       connection_(connection),
-      in_ring_(settings.channels, pow2_at_least(uint64_t{settings.max_latency} + 2 * kChunk)),
-      out_ring_(settings.channels, pow2_at_least(uint64_t{settings.max_latency} + 2 * kChunk)) {
+      in_ring_(supported_channels(settings.channels), pow2_at_least(uint64_t{settings.max_latency} + 2 * kChunk)),
+      out_ring_(supported_channels(settings.channels) * kMaxStems,
+                pow2_at_least(uint64_t{settings.max_latency} + 2 * kChunk)) {
+  settings_.channels = supported_channels(settings.channels);
   provisional_ = settings.provisional_latency ? settings.provisional_latency : static_cast<uint32_t>(8192 + margin_);
-  ramp_ = static_cast<uint32_t>(std::min<uint64_t>(kRampFrames, margin_));
 }
 
 Core::~Core() {
@@ -92,14 +110,13 @@ Core::~Core() {
   const Counters& c = counters_;
   log_line("COUNTERS frames=%llu underrun_blocks=%llu underrun_frames=%llu gap_frames=%llu late_frames=%llu "
            "blocks_sent=%llu blocks_received=%llu sessions_opened=%llu connect_failures=%llu "
-           "latency_refusals=%llu input_lost_frames=%llu params_sent=%llu params_deferred=%llu",
+           "latency_refusals=%llu input_lost_frames=%llu control_changes=%llu",
            (unsigned long long)c.frames.load(), (unsigned long long)c.underrun_blocks.load(),
            (unsigned long long)c.underrun_frames.load(), (unsigned long long)c.gap_frames.load(),
            (unsigned long long)c.late_frames.load(), (unsigned long long)c.blocks_sent.load(),
            (unsigned long long)c.blocks_received.load(), (unsigned long long)c.sessions_opened.load(),
            (unsigned long long)c.connect_failures.load(), (unsigned long long)c.latency_refusals.load(),
-           (unsigned long long)c.input_lost_frames.load(), (unsigned long long)c.params_sent.load(),
-           (unsigned long long)c.params_deferred.load());
+           (unsigned long long)c.input_lost_frames.load(), (unsigned long long)c.control_changes.load());
 }
 
 // -- control threads ---------------------------------------------------------------------------
@@ -129,14 +146,8 @@ uint32_t Core::latency() const {
   return total < 0 ? 0 : static_cast<uint32_t>(total);
 }
 
-uint32_t Core::activate(const Controls& initial) {
-  if (!sender_.joinable()) {
-    // Before any process() call and before the sender exists: no thread reads these yet.
-    current_ = initial;
-    last_sent_ = initial;
-    have_sent_ = true;
-    sender_ = std::thread(&Core::run_sender, this);
-  }
+uint32_t Core::activate() {
+  if (!sender_.joinable()) sender_ = std::thread(&Core::run_sender, this);
   // Wait for the first session, or the first failed attempt (a server that is down answers at
   // once), bounded: the host's thread must not hang on a network.
   const auto deadline = Clock::now() + std::chrono::duration<double>(settings_.connect_wait_s);
@@ -173,19 +184,29 @@ void Core::process(const float* const* in, float* const* out, uint32_t n, const 
   }
 }
 
+void Core::set_controls(const Controls& controls) {
+  // A change starts a ramp from the coefficients in force at this block's first frame (mid-ramp:
+  // where the last ramp got to) to the new ones, reached at the ramp's last frame.
+  const Mix next = Mix::of(controls);
+  if (!have_applied_) {
+    ramp_from_ = next;
+    ramp_done_ = kRampFrames;
+  } else {
+    const float a = static_cast<float>(ramp_done_) / static_cast<float>(kRampFrames);
+    for (int k = 0; k < kMaxStems; ++k) ramp_from_.wet[k] += (ramp_to_.wet[k] - ramp_from_.wet[k]) * a;
+    ramp_from_.dry += (ramp_to_.dry - ramp_from_.dry) * a;
+    ramp_done_ = 0;
+    counters_.control_changes.fetch_add(1, std::memory_order_relaxed);
+  }
+  ramp_to_ = next;
+  applied_ = controls;
+  have_applied_ = true;
+}
+
 void Core::process_chunk(const float* const* in, float* const* out, uint32_t n, const Controls& controls,
                          bool offline) {
   const int channels = settings_.channels;
-  // Parameter changes travel with the position they apply from: the sender puts them on the wire
-  // between the audio before and after this block boundary.
-  if (!have_sent_ || !same_parameters(controls, last_sent_)) {
-    if (param_queue_.push(ParamChange{position_, controls})) {
-      last_sent_ = controls;
-      have_sent_ = true;
-    } else {
-      counters_.params_deferred.fetch_add(1, std::memory_order_relaxed);  // retried next block
-    }
-  }
+  if (!have_applied_ || !same_parameters(controls, applied_)) set_controls(controls);
   in_ring_.write(in, n);
   offline_.store(offline, std::memory_order_relaxed);
   if (offline) {
@@ -201,14 +222,32 @@ void Core::process_chunk(const float* const* in, float* const* out, uint32_t n, 
     ready_[i] = controls.enabled && total >= 0 && out_ring_.ready(p);
     if (!ready_[i] && controls.enabled) (p >= first ? missing_live : missing_gap) += 1;
   }
-  const bool silence = controls.enabled && controls.silence_on_underrun;
   for (int c = 0; c < channels; ++c) {
     if (total >= 0)
-      in_ring_.history(pos - total, n, c, dry_);
+      in_ring_.history(pos - total, n, c, dry_[c]);
     else
-      std::fill(dry_, dry_ + n, 0.0f);  // not activated: no latency to align to
-    for (uint32_t i = 0; i < n; ++i)
-      out[c][i] = ready_[i] ? out_ring_.sample(position_ + i, c) : (silence ? 0.0f : dry_[i]);
+      std::fill(dry_[c], dry_[c] + n, 0.0f);  // not activated: no latency to align to
+  }
+  const bool silence = controls.enabled && controls.silence_on_underrun;
+  Mix m = ramp_to_;
+  for (uint32_t i = 0; i < n; ++i) {
+    if (ramp_done_ < kRampFrames && ++ramp_done_ < kRampFrames) {
+      const float a = static_cast<float>(ramp_done_) / static_cast<float>(kRampFrames);
+      for (int k = 0; k < kMaxStems; ++k) m.wet[k] = ramp_from_.wet[k] + (ramp_to_.wet[k] - ramp_from_.wet[k]) * a;
+      m.dry = ramp_from_.dry + (ramp_to_.dry - ramp_from_.dry) * a;
+    } else {
+      m = ramp_to_;  // the ramp's last frame, or no ramp
+    }
+    if (!ready_[i]) {
+      for (int c = 0; c < channels; ++c) out[c][i] = silence ? 0.0f : dry_[c][i];
+      continue;
+    }
+    const float* stems = out_ring_.frame(position_ + i);  // stem k, channel c at k * channels + c
+    for (int c = 0; c < channels; ++c) {
+      float y = m.dry * dry_[c][i];
+      for (int k = 0; k < kMaxStems; ++k) y += m.wet[k] * stems[k * channels + c];
+      out[c][i] = y;
+    }
   }
   out_ring_.set_read_pos(position_ + n);
   position_ += n;
@@ -243,10 +282,6 @@ void Core::wait_for_stems(uint64_t pos, uint32_t n) {
 void Core::discard_input() {
   // No session to send it to: the next session starts at the input written from now on.
   read_pos_ = in_ring_.write_pos();
-  while (const ParamChange* change = param_queue_.peek()) {
-    current_ = change->controls;
-    param_queue_.pop();
-  }
 }
 
 void Core::run_sender() {
@@ -260,13 +295,12 @@ void Core::run_sender() {
       Session session;
       opening_.store(true);
       opened = serve(session);
-      // A session closed to re-open at once keeps offline blocks waiting through the re-open.
-      if (!reopened_.load()) opening_.store(false);
+      opening_.store(false);
     }
     attempts_.fetch_add(1);
     if (stop_.load()) break;
     if (opened) backoff = 0.1;
-    if (connection_version_.load() != version || reopened_.exchange(false)) continue;  // reconnect now
+    if (connection_version_.load() != version) continue;  // reconnect now
     if (!opened) counters_.connect_failures.fetch_add(1);
     const auto until = Clock::now() + std::chrono::duration<double>(backoff * jitter(rng));
     while (!stop_.load() && Clock::now() < until && connection_version_.load() == version) {
@@ -279,7 +313,7 @@ void Core::run_sender() {
 }
 
 bool Core::resolve_model(const Connection& connection, std::string& model, std::vector<std::string>& sources) {
-  // The model's sources name the target index in the session's opening parameters.
+  // The server's default model is the first it lists; the session's own sources come with it opening.
   auto stub = v1::Separation::NewStub(make_channel(connection.address));
   grpc::ClientContext context;
   add_token(context, connection.token);
@@ -298,22 +332,6 @@ bool Core::resolve_model(const Connection& connection, std::string& model, std::
   if (connection.model.empty()) return false;
   model = connection.model;  // not listed: let the server say why it cannot open it
   return true;
-}
-
-static void fill_parameters(v1::Parameters* p, const Controls& controls, const std::vector<std::string>& sources) {
-  if (controls.target == 0)
-    p->set_target("");  // all stems, by their gains
-  else if (controls.target >= 1 && static_cast<size_t>(controls.target) <= sources.size())
-    p->set_target(sources[controls.target - 1]);
-  p->set_mix(unit(controls.mix));
-  for (size_t i = 0; i < sources.size() && i < static_cast<size_t>(kMaxGains); ++i)
-    (*p->mutable_gains())[sources[i]] = unit(controls.gains[i]);
-}
-
-static v1::StreamRequest parameters_message(const Controls& controls, const std::vector<std::string>& sources) {
-  v1::StreamRequest request;
-  fill_parameters(request.mutable_parameters(), controls, sources);
-  return request;
 }
 
 bool Core::serve(Session& s) {
@@ -348,8 +366,7 @@ bool Core::serve(Session& s) {
   o->set_sample_rate(static_cast<uint32_t>(std::lround(settings_.sample_rate)));
   o->set_channels(static_cast<uint32_t>(settings_.channels));
   o->set_client_name("stemserve.lv2");
-  const Controls opened_with = current_;
-  fill_parameters(o->mutable_parameters(), opened_with, listed);
+  o->set_return_stems(true);  // the plugin mixes them itself (see core.hpp: Mixing)
   v1::StreamResponse reply;
   if (!s.stream->Write(open) || !s.stream->Read(&reply) || !reply.has_opened()) {
     s.context.TryCancel();
@@ -374,6 +391,14 @@ bool Core::serve(Session& s) {
     s.stream->Finish();
     return true;  // it did open: back off from the start, do not count a connect failure
   }
+  if (opened.sources_size() > kMaxStems) {
+    counters_.latency_refusals.fetch_add(1);
+    log_line("model %s has %d sources; the plugin mixes at most %d: dry audio", model.c_str(), opened.sources_size(),
+             kMaxStems);
+    s.context.TryCancel();
+    s.stream->Finish();
+    return true;
+  }
   s.sources.assign(opened.sources().begin(), opened.sources().end());
   s.latency = L;
   s.offset = total - L;
@@ -381,15 +406,8 @@ bool Core::serve(Session& s) {
   // audio must not be lost, and a re-open for new opening parameters loses nothing). A real-time
   // backlog older than the latency would come back too late to be played: it is dropped.
   if (!offline_.load() && in_ring_.write_pos() - read_pos_ > total) read_pos_ = in_ring_.write_pos();
-  while (const ParamChange* change = param_queue_.peek()) {
-    if (change->pos > read_pos_) break;
-    current_ = change->controls;
-    param_queue_.pop();
-  }
   s.origin = read_pos_;
   bool ok = true;
-  if (!same_parameters(current_, opened_with) || s.sources != listed)
-    ok = s.stream->Write(parameters_message(current_, s.sources));  // changed while it opened
   session_first_out_.store(s.origin + total, std::memory_order_release);
   opening_.store(false);
   counters_.sessions_opened.fetch_add(1);
@@ -403,42 +421,11 @@ bool Core::serve(Session& s) {
   const int channels = settings_.channels;
   std::vector<float> pcm;
   uint64_t seq = 0;
-  bool reopen = false;
-  uint64_t ramp_end = 0;  // a parameter change was sent: the block up to here carries its ramp
   const int64_t stall_ns = static_cast<int64_t>(settings_.stall_timeout_s * 1e9);
   while (ok && !stop_.load() && s.alive.load() && connection_version_.load() == version) {
     const uint64_t write_pos = in_ring_.write_pos();
-    uint64_t cut = kNever;  // where the next parameter change goes on the wire
-    if (const ParamChange* change = param_queue_.peek()) {
-      // From the session's start on (made before it opened, or at its first frame): at once.
-      // Later: before the input L frames on, whose output block holds the stems of input `pos`.
-      const uint64_t at = change->pos <= s.origin ? s.origin : change->pos + s.latency;
-      if (at <= read_pos_) {
-        current_ = change->controls;
-        param_queue_.pop();
-        if (seq == 0 && !same_parameters(current_, opened_with)) {
-          // Nothing sent yet: open again with these parameters rather than have the server ramp
-          // from the opening ones (a host sets its controls after activating the plugin).
-          reopen = true;
-          break;
-        }
-        ok = s.stream->Write(parameters_message(current_, s.sources));
-        counters_.params_sent.fetch_add(1);
-        if (seq > 0) ramp_end = read_pos_ + ramp_;
-        continue;
-      }
-      cut = at;
-    }
-    uint64_t limit = std::min(write_pos, cut);
-    if (read_pos_ < ramp_end) {
-      // The server ramps a change over the block it arrives with: that block is ramp_ frames
-      // (shorter only when the next change comes sooner), whatever the host's blocks are, so a
-      // render is the same for any host block size. Wait for all of it.
-      const uint64_t end = std::min(cut, ramp_end);
-      limit = write_pos >= end ? end : read_pos_;
-    }
-    if (limit > read_pos_) {
-      const uint32_t frames = static_cast<uint32_t>(std::min<uint64_t>(limit - read_pos_, kChunk));
+    if (write_pos > read_pos_) {
+      const uint32_t frames = static_cast<uint32_t>(std::min<uint64_t>(write_pos - read_pos_, kChunk));
       pcm.resize(static_cast<size_t>(frames) * channels);
       const uint64_t lost = in_ring_.read_interleaved(read_pos_, frames, pcm.data());
       if (lost) counters_.input_lost_frames.fetch_add(lost);
@@ -463,17 +450,12 @@ bool Core::serve(Session& s) {
     input_ready_.wait_for(lock, std::chrono::milliseconds(1));
   }
   // Frames in flight will never come: they are gaps (dry), not underruns.
-  if (reopen) {
-    reopened_.store(true);
-    opening_.store(true);
-  }
   session_first_out_.store(kNever, std::memory_order_release);
   s.alive.store(false);
   s.context.TryCancel();
   s.receiver.join();
   const grpc::Status status = s.stream->Finish();
   arrived_.notify_all();
-  if (reopen) return true;
   if (!stop_.load() && connection_version_.load() == version)
     log_line("stream lost (%s); dry audio, reconnecting", status.error_message().c_str());
   discard_input();
@@ -483,7 +465,8 @@ bool Core::serve(Session& s) {
 // -- the receiver ------------------------------------------------------------------------------
 void Core::receive(Session& s) {
   const int channels = settings_.channels;
-  std::vector<float> pcm;
+  const size_t width = static_cast<size_t>(channels) * kMaxStems;
+  std::vector<float> frames_out;  // per frame: every stem's channels (OutputRing's layout), zeros past the sources
   v1::StreamResponse reply;
   while (s.stream->Read(&reply)) {
     s.waiting_since_ns.store(now_ns());
@@ -492,18 +475,27 @@ void Core::receive(Session& s) {
     counters_.blocks_received.fetch_add(1);
     const v1::StemBlock& block = reply.block();
     const uint64_t frames = block.frames();
-    if (block.pcm().size() != frames * channels * sizeof(float)) {
-      log_line("stem block %llu has %zu bytes for %llu frames; dropped", static_cast<unsigned long long>(block.seq()),
-               block.pcm().size(), static_cast<unsigned long long>(frames));
+    const size_t bytes = frames * channels * sizeof(float);
+    bool whole = block.stems_size() == static_cast<int>(s.sources.size());
+    for (int j = 0; whole && j < block.stems_size(); ++j)
+      whole = block.stems(j).name() == s.sources[j] && block.stems(j).pcm().size() == bytes;
+    if (!whole) {
+      log_line("stem block %llu does not hold %zu stems of %llu frames; dropped",
+               static_cast<unsigned long long>(block.seq()), s.sources.size(), static_cast<unsigned long long>(frames));
       continue;
     }
-    pcm.resize(frames * channels);
-    std::memcpy(pcm.data(), block.pcm().data(), block.pcm().size());
     const uint64_t position = block.position();
     const uint64_t head = std::min(frames, position < s.latency ? s.latency - position : 0);
     if (head == frames) continue;
+    frames_out.assign((frames - head) * width, 0.0f);
+    for (int k = 0; k < block.stems_size(); ++k) {
+      const char* pcm = block.stems(k).pcm().data();  // little-endian float32, interleaved channels
+      for (uint64_t i = head; i < frames; ++i)
+        std::memcpy(&frames_out[(i - head) * width + static_cast<size_t>(k) * channels],
+                    pcm + i * channels * sizeof(float), channels * sizeof(float));
+    }
     const uint64_t late = out_ring_.write(s.origin + position + head + s.offset, static_cast<uint32_t>(frames - head),
-                                          pcm.data() + head * channels);
+                                          frames_out.data());
     if (late) counters_.late_frames.fetch_add(late);
     arrived_.notify_all();
   }

@@ -5,9 +5,15 @@
 //   audio thread   process(): copies input into InputRing, output out of OutputRing, counts.
 //                  In real time it never locks, allocates, sleeps or calls the system; when the
 //                  host is offline (freewheeling: an export) it may wait for the server instead.
-//   sender         owns the gRPC Stream: opens the session, sends parameter changes and audio
-//                  blocks (consecutive seq, session positions), reconnects with backoff.
-//   receiver       reads the stream's replies and places stem frames in OutputRing.
+//   sender         owns the gRPC Stream: opens the session (all stems returned, one by one), sends
+//                  audio blocks (consecutive seq, session positions), reconnects with backoff.
+//   receiver       reads the stream's replies and places each frame's stems in OutputRing.
+//
+// Mixing: the audio thread mixes the stems of the frame it plays by the controls of the block it
+// plays them in (target, gains, mix with the latency-aligned dry input), ramping a change linearly
+// over kRampFrames from that block's first frame. So a control change, and a DAW's automation,
+// acts on the output at once, where the host put it, and not one latency later as a change mixed
+// by the server would (the server computes a block about a latency before the plugin plays it).
 //
 // Latency (host frames): total = the first session's server latency L + margin, where margin is
 // the host's largest block plus network slack. It is fixed once, for the life of the instance:
@@ -31,9 +37,11 @@
 namespace stemserve {
 
 constexpr int kMaxGains = 4;          // gain controls, for the model's first four sources
+constexpr int kMaxStems = 8;          // sources a session may have (HTDemucs 6s has 6): OutputRing holds each
+constexpr int kMaxChannels = 2;
 constexpr uint64_t kNever = 1ull << 62;
 constexpr uint32_t kChunk = 4096;     // host blocks are processed in pieces of at most this
-constexpr uint32_t kRampFrames = 256;  // the block that carries a parameter change (the server ramps over it)
+constexpr uint32_t kRampFrames = 256;  // a control change ramps linearly over this many output frames
 
 // Where to connect; the wrapper's saved state (and environment overrides for headless tests).
 struct Connection {
@@ -57,7 +65,7 @@ struct Settings {
 
 // Control values as the host sets them, read by process() at each block boundary.
 struct Controls {
-  int target = 1;  // 0: all stems (mixed by the gains); n >= 1: the model's n-th source
+  int target = 1;  // 0: all stems (mixed by the gains); n >= 1: the model's n-th source (none: silence)
   float mix = 1.0f;
   float gains[kMaxGains] = {1.0f, 1.0f, 1.0f, 1.0f};
   bool enabled = true;           // false: bypass, the latency-aligned dry input
@@ -71,7 +79,7 @@ struct Counters {
   std::atomic<uint64_t> underrun_blocks{0};  // blocks where a live session's stem frame was missing
   std::atomic<uint64_t> underrun_frames{0};
   std::atomic<uint64_t> gap_frames{0};       // frames no session could deliver (down, reconnecting)
-  std::atomic<uint64_t> params_deferred{0};  // blocks whose parameter change waited for queue room
+  std::atomic<uint64_t> control_changes{0};  // blocks that started a ramp to new control values
   // network threads
   std::atomic<uint64_t> blocks_sent{0};
   std::atomic<uint64_t> blocks_received{0};
@@ -79,16 +87,14 @@ struct Counters {
   std::atomic<uint64_t> input_lost_frames{0};
   std::atomic<uint64_t> sessions_opened{0};
   std::atomic<uint64_t> connect_failures{0};
-  std::atomic<uint64_t> latency_refusals{0};
-  std::atomic<uint64_t> params_sent{0};
+  std::atomic<uint64_t> latency_refusals{0};  // sessions refused: latency above the fixed one, or too many stems
 };
 
-// A control change made at host input frame `pos`: it applies to the stems of the input from `pos`
-// on, so the sender puts it on the wire L frames later (the session's output at position p is the
-// estimate for input p - L, and the server switches its output at the block boundary).
-struct ParamChange {
-  uint64_t pos;  // host input frame from which it applies
-  Controls controls;
+// The output mix as coefficients: output = sum_k wet[k] * stem_k + dry * (latency-aligned input).
+struct Mix {
+  float wet[kMaxStems];
+  float dry;
+  static Mix of(const Controls& controls);
 };
 
 class Core {
@@ -104,9 +110,7 @@ class Core {
   Connection connection() const;
   // Start the network threads (once) and fix the latency: waits up to connect_wait_s for the first
   // session; without one, fixes the provisional latency. Returns the total latency in host frames.
-  // `initial`: the controls as the host set them, so that the session opens with them (a change
-  // at the first block would be ramped by the server).
-  uint32_t activate(const Controls& initial);
+  uint32_t activate();
   // Before activate(): the latency to fix when no server answers (the one saved with the session).
   void set_provisional_latency(uint32_t frames);
   // The fixed latency; 0 before activate().
@@ -115,8 +119,9 @@ class Core {
   const Counters& counters() const { return counters_; }
 
   // Audio thread ----------------------------------------------------------------------------
-  // in / out: `channels` pointers to n frames each (they may alias). `offline`: the host is not
-  // real time (freewheeling), so wait for the stems of this block.
+  // in / out: `channels` pointers to n frames each (they may alias). `controls`: the host's values
+  // for this block (the first block's apply without a ramp). `offline`: the host is not real time
+  // (freewheeling), so wait for the stems of this block.
   void process(const float* const* in, float* const* out, uint32_t n, const Controls& controls, bool offline);
 
  private:
@@ -127,35 +132,35 @@ class Core {
   bool fix_latency(uint64_t total);
   bool resolve_model(const Connection& connection, std::string& model, std::vector<std::string>& sources);
   void process_chunk(const float* const* in, float* const* out, uint32_t n, const Controls& controls, bool offline);
+  void set_controls(const Controls& controls);
   void wait_for_stems(uint64_t pos, uint32_t n);
   void discard_input();
   void cancel_live();
 
   Settings settings_;
   uint64_t margin_;
-  uint32_t ramp_;  // kRampFrames, at most the margin (an offline block never waits on its own ramp)
   mutable std::mutex connection_mutex_;  // network and control threads only
   Connection connection_;
   std::atomic<uint64_t> connection_version_{0};
 
   InputRing in_ring_;
   OutputRing out_ring_;
-  SpscQueue<ParamChange, 64> param_queue_;
   Counters counters_;
 
   std::atomic<int64_t> total_{-1};
   uint32_t provisional_ = 0;
   std::atomic<uint64_t> session_first_out_{kNever};
   std::atomic<bool> opening_{false};  // sender: a session is being opened (offline blocks wait for it)
-  std::atomic<bool> offline_{false};
-  std::atomic<bool> reopened_{false};  // sender: the last session closed to re-open at once  // audio thread: the host's last block was offline
+  std::atomic<bool> offline_{false};  // audio thread: the host's last block was offline
   uint64_t read_pos_ = 0;  // sender: next input frame to send or discard
 
   // audio thread
   uint64_t position_ = 0;
-  Controls last_sent_;
-  bool have_sent_ = false;
-  float dry_[kChunk];
+  Controls applied_;       // the controls of the last block
+  bool have_applied_ = false;
+  Mix ramp_from_{}, ramp_to_{};
+  uint32_t ramp_done_ = kRampFrames;  // frames of the ramp from ramp_from_ to ramp_to_ played
+  float dry_[kMaxChannels][kChunk];
   bool ready_[kChunk];
 
   std::thread sender_;
@@ -167,7 +172,6 @@ class Core {
   std::atomic<uint64_t> attempts_{0};  // sessions tried (opened or not), for activate()
   std::mutex live_mutex_;  // guards live_ against the session's end (control threads cancel it)
   Session* live_ = nullptr;
-  Controls current_;  // sender: the parameters in force
 };
 
 }  // namespace stemserve

@@ -64,19 +64,20 @@ class InputRing {
   std::atomic<uint64_t> write_pos_{0};
 };
 
-// Stem output, placed at host output positions. Each slot carries the position of the frame it
-// holds (its stamp), written after the samples, so the audio thread knows per frame whether the
-// stem arrived; a frame's slot is reused only a capacity later.
+// Stem output, placed at host output positions: `width` floats per frame (every stem's channels:
+// stem k, channel c at k * channels + c). Each slot carries the position of the frame it holds
+// (its stamp), written after the samples, so the audio thread knows per frame whether the stems
+// arrived; a frame's slot is reused only a capacity later.
 class OutputRing {
  public:
-  OutputRing(int channels, uint64_t capacity)
-      : channels_(channels), mask_(capacity - 1), data_(channels * capacity, 0.0f), stamps_(capacity) {
+  OutputRing(int width, uint64_t capacity)
+      : width_(width), mask_(capacity - 1), data_(static_cast<size_t>(width) * capacity, 0.0f), stamps_(capacity) {
     for (auto& s : stamps_) s.store(kEmpty, std::memory_order_relaxed);
   }
 
-  // Receiver: frames of interleaved `pcm` for host output positions [pos, pos + n). Frames the
-  // audio thread already played (before read_pos) are dropped: returns how many were.
-  uint64_t write(uint64_t pos, uint32_t n, const float* pcm) {
+  // Receiver: `n` frames of `width` floats each for host output positions [pos, pos + n). Frames
+  // the audio thread already played (before read_pos) are dropped: returns how many were.
+  uint64_t write(uint64_t pos, uint32_t n, const float* frames) {
     const uint64_t played = read_pos_.load(std::memory_order_acquire);
     uint64_t late = 0;
     for (uint32_t i = 0; i < n; ++i) {
@@ -89,16 +90,16 @@ class OutputRing {
       const uint64_t slot = p & mask_;
       stamps_[slot].store(kEmpty, std::memory_order_relaxed);
       std::atomic_thread_fence(std::memory_order_release);
-      for (int c = 0; c < channels_; ++c)
-        data_[static_cast<size_t>(c) * (mask_ + 1) + slot] = pcm[static_cast<size_t>(i) * channels_ + c];
+      std::copy(frames + static_cast<size_t>(i) * width_, frames + static_cast<size_t>(i + 1) * width_,
+                &data_[slot * width_]);
       stamps_[slot].store(p, std::memory_order_release);
     }
     return late;
   }
 
-  // Audio thread: whether frame `p` arrived; if so its channel-`c` sample is sample(p, c).
+  // Audio thread: whether frame `p` arrived; if so its `width` floats start at frame(p).
   bool ready(uint64_t p) const { return stamps_[p & mask_].load(std::memory_order_acquire) == p; }
-  float sample(uint64_t p, int c) const { return data_[static_cast<size_t>(c) * (mask_ + 1) + (p & mask_)]; }
+  const float* frame(uint64_t p) const { return &data_[(p & mask_) * width_]; }
 
   // Frames in [pos, pos + n) that arrived (offline waits).
   uint64_t count_ready(uint64_t pos, uint64_t n) const {
@@ -112,37 +113,11 @@ class OutputRing {
 
  private:
   static constexpr uint64_t kEmpty = ~uint64_t{0};
-  int channels_;
+  size_t width_;
   uint64_t mask_;
   std::vector<float> data_;
   std::vector<std::atomic<uint64_t>> stamps_;
   std::atomic<uint64_t> read_pos_{0};
-};
-
-// A fixed-capacity single-producer / single-consumer queue of trivially copyable items.
-template <typename T, uint32_t N>
-class SpscQueue {
-  static_assert((N & (N - 1)) == 0, "capacity must be a power of two");
-
- public:
-  bool push(const T& item) {
-    const uint32_t h = head_.load(std::memory_order_relaxed);
-    if (h - tail_.load(std::memory_order_acquire) == N) return false;
-    items_[h & (N - 1)] = item;
-    head_.store(h + 1, std::memory_order_release);
-    return true;
-  }
-  const T* peek() const {
-    const uint32_t t = tail_.load(std::memory_order_relaxed);
-    if (t == head_.load(std::memory_order_acquire)) return nullptr;
-    return &items_[t & (N - 1)];
-  }
-  void pop() { tail_.store(tail_.load(std::memory_order_relaxed) + 1, std::memory_order_release); }
-
- private:
-  T items_[N];
-  std::atomic<uint32_t> head_{0};
-  std::atomic<uint32_t> tail_{0};
 };
 
 }  // namespace stemserve

@@ -143,7 +143,7 @@ stemserve::Controls read_controls(const Plugin* p) {
 void activate(LV2_Handle handle) {
   // The latency is fixed here, once per instance (a host activates from its non-real-time thread).
   Plugin* p = static_cast<Plugin*>(handle);
-  p->core->activate(read_controls(p));
+  p->core->activate();
 }
 
 void run(LV2_Handle handle, uint32_t frames) {
