@@ -158,7 +158,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--osc-notify",
         default=None,
         metavar="HOST:PORT",
-        help="send the latency here once known, and /activity for every block of a model with heads",
+        help="send the latency here once known, and /activity of a model with heads (see --osc-activity-hz)",
+    )
+    parser.add_argument(
+        "--osc-activity-hz",
+        type=float,
+        default=30.0,
+        help="most /activity sends per second to subscribers (default 30; blocks come up to ~200/s; the latest wins)",
     )
     parser.add_argument("--ardour-strip", type=int, default=None, help="accept Ardour messages for this ssid only")
     parser.add_argument("--ardour-plugin", type=int, default=None, help="accept Ardour messages for this piid only")
@@ -191,6 +197,9 @@ def run(args: argparse.Namespace) -> int:
                 f"out {info['maxOutputChannels']:>2}  {info['name']}"
             )
         return 0
+    if not args.osc_activity_hz > 0:
+        print(f"stemserve bridge: --osc-activity-hz must be > 0, got {args.osc_activity_hz}")
+        return 2
     args.model = resolve_model(args, "stemserve bridge")
     if args.model is None:
         return 2
@@ -232,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
             prefix=args.osc_prefix,
             ardour_strip=args.ardour_strip,
             ardour_plugin=args.ardour_plugin,
+            activity_hz=args.osc_activity_hz,
         )
         print(f"OSC parameters on {args.osc_host}:{osc.start()} (prefix {args.osc_prefix})", flush=True)
         bridge.activity.add_listener(osc.send_activity)

@@ -20,8 +20,11 @@ Own address space (``PREFIX`` defaults to ``/stemserve``)::
     PREFIX/subscribe                      send the sender PREFIX/activity for every block (and the latency now)
 
 Sent to subscribers (``PREFIX/subscribe``, or :meth:`OscListener.subscribe`, the
-CLI's ``--osc-notify``) for every stem block of a model with heads
-(``multitask_unet``), from the network thread, never the audio thread::
+CLI's ``--osc-notify``) as stem blocks of a model with heads (``multitask_unet``)
+arrive, at most ``activity_hz`` times a second (default 30, a display's rate:
+blocks come up to ~200 times a second; between sends only the latest block's
+values are kept, and the last one is always sent), from the OSC loop, never the
+audio thread::
 
     PREFIX/activity    f VOICING  f F0_HZ  f A_1 .. f A_K
 
@@ -74,6 +77,7 @@ class OscListener:
         latency: returns ``(total, sample_rate)`` or None before the first session.
         stats: returns the bridge's counters, status and latest heads (``Bridge.report``).
         ardour_strip / ardour_plugin: accept only this strip / plugin id in Ardour messages.
+        activity_hz: most ``PREFIX/activity`` sends per second (``inf``: one per block).
     """
 
     def __init__(
@@ -87,7 +91,10 @@ class OscListener:
         prefix: str = "/stemserve",
         ardour_strip: int | None = None,
         ardour_plugin: int | None = None,
+        activity_hz: float = 30.0,
     ) -> None:
+        if not activity_hz > 0:
+            raise ValueError(f"activity_hz must be > 0, got {activity_hz}")
         self.params = params
         self._reset = reset
         self._latency = latency
@@ -100,7 +107,12 @@ class OscListener:
         self.port = 0
         # Where PREFIX/activity goes; the loop's thread only (subscribe() posts to it).
         self.subscribers: set[Address] = set()
-        self.activity_sent = 0
+        self.activity_interval = 1.0 / activity_hz
+        self.activity_offered = 0  # activities handed to the loop (one per block)
+        self.activity_sent = 0  # PREFIX/activity sends (each to every subscriber)
+        self._pending_activity: tuple[float, ...] | None = None
+        self._activity_timer: asyncio.TimerHandle | None = None
+        self._last_activity_at = -float("inf")
         # Messages fully handled (accepted or refused); tests wait on it.
         self.handled = 0
         self.refused = 0
@@ -228,9 +240,33 @@ class OscListener:
         f0 = -1.0 if activity.f0_hz is None else activity.f0_hz
         values = (float(voicing), float(f0), *map(float, activity.activity))
         with contextlib.suppress(RuntimeError):  # the listener stopped (its loop closed): nobody to send to
-            loop.call_soon_threadsafe(self._send_activity, values)
+            loop.call_soon_threadsafe(self._offer_activity, values)
 
-    def _send_activity(self, values: tuple[float, ...]) -> None:
+    @property
+    def activity_due(self) -> bool:
+        """A ``PREFIX/activity`` send is scheduled (the rate limit holds back the latest values)."""
+        return self._activity_timer is not None
+
+    def _offer_activity(self, values: tuple[float, ...]) -> None:
+        # The loop's thread: send now if the last send is an interval old, else once it is (latest values).
+        assert self._loop is not None
+        self.activity_offered += 1
+        self._pending_activity = values
+        if self._activity_timer is not None:
+            return  # a send is due; it takes these values
+        wait = self._last_activity_at + self.activity_interval - self._loop.time()
+        if wait <= 0:
+            self._send_activity()
+        else:
+            self._activity_timer = self._loop.call_later(wait, self._send_activity)
+
+    def _send_activity(self) -> None:
+        assert self._loop is not None
+        self._activity_timer = None
+        values, self._pending_activity = self._pending_activity, None
+        if values is None:
+            return
+        self._last_activity_at = self._loop.time()
         for to in self.subscribers:
             self._send(to, f"{self.prefix}/activity", *values)
         self.activity_sent += 1

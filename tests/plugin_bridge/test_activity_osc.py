@@ -54,7 +54,7 @@ def test_activity_reaches_the_stats_and_an_osc_subscriber(heads_server: str) -> 
     sock.bind(("127.0.0.1", 0))
     sock.settimeout(10)
     bridge = Bridge(BridgeSettings(heads_server, "heads", RATE, 1, margin_samples=0))
-    listener = OscListener(bridge.params, stats=bridge.report)
+    listener = OscListener(bridge.params, stats=bridge.report, activity_hz=float("inf"))  # every block
     port = listener.start()
     bridge.activity.add_listener(listener.send_activity)  # as `stemserve bridge --osc-port` wires it
     try:
@@ -93,3 +93,40 @@ def test_activity_reaches_the_stats_and_an_osc_subscriber(heads_server: str) -> 
         bridge.stop()
         listener.stop()
         sock.close()
+
+
+def test_activity_sends_are_rate_limited_and_the_latest_values_always_arrive() -> None:
+    """Blocks can arrive ~200 times a second; a subscriber gets at most ``activity_hz`` sends a
+    second, each with the latest block's values, and the last block's values are sent."""
+    from stemserve.plugin_bridge.activity import Activity
+    from stemserve.plugin_bridge.parameters import Parameters
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(5)
+    listener = OscListener(Parameters("heads"), activity_hz=20.0)
+    listener.start()
+    try:
+        listener.subscribe(sock.getsockname())
+        start = time.monotonic()
+        offered = 0
+        while time.monotonic() - start < 1.0:  # one activity every 5 ms for a second
+            offered += 1
+            listener.send_activity(Activity(tuple(SOURCES), (offered / 1000, 0.0, 0.0, 0.0), 0.9, 220.0, offered))
+            time.sleep(0.005)
+        elapsed = time.monotonic() - start
+        deadline = time.monotonic() + 5
+        while listener.activity_offered < offered or listener.activity_due:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        sent = listener.activity_sent
+        messages = [receive(sock, "/stemserve/activity") for _ in range(sent)]
+    finally:
+        listener.stop()
+        sock.close()
+    print(f"{offered} activities offered in {elapsed:.2f} s, {sent} sent")
+    assert offered > 100
+    assert 5 <= sent <= 20 * elapsed + 2  # the first goes at once, then one per 50 ms at most
+    firsts = [m.params[2] for m in messages]
+    assert firsts == sorted(firsts)  # each send is a newer block's
+    assert messages[-1].params[:3] == pytest.approx([0.9, 220.0, offered / 1000], rel=1e-6)  # the last block's values
