@@ -184,3 +184,45 @@ def test_descriptions_say_which_models_have_heads(served) -> None:  # type: igno
     # `stemserve models --json` prints each preset's describe().to_dict() (registry.describe_all)
     assert registry.build("multitask_unet", TINY_UNET).describe().to_dict()["heads"] == ["activity", "voicing", "f0"]
     assert registry.build("multi_unet", TINY_UNET).describe().to_dict()["heads"] == []
+
+
+def test_at_a_resampled_client_rate_each_block_carries_the_heads_of_the_input_it_estimates(served) -> None:  # type: ignore[no-untyped-def]
+    """A 48 kHz session on the 16 kHz model: the server resamples, and a block's heads must be those of the
+    model-rate frames of the input its audio estimates (output position p is input p - L at 48 kHz, i.e.
+    model sample (p - L) / 3). The signal has a silent gap, which the model's voicing head tells apart from
+    noise: blocks estimating input wholly inside the gap are unvoiced, wholly in the noise voiced. A mapping
+    that skipped the rate conversion would put the gap three times later."""
+    from stemserve.server.engine.resample import StreamResampler
+
+    stub, _, signal = served
+    client_rate, model_rate = 48000, 16000
+    up = StreamResampler(model_rate, client_rate, 1)
+    padded = np.concatenate([signal, np.zeros((1, model_rate // 10), np.float32)], axis=1)
+    audio = up.process(padded)[:, : 3 * signal.shape[1]]  # time-aligned: soxr holds back, never shifts
+    call = StreamCall(stub)
+    opened = call.open("heads", rate=client_rate)
+    latency = opened.latency.total
+    sizes = block_sizes(audio.shape[1], seed=5, largest=900)
+    start = 0
+    for n in sizes:
+        call.send_block(audio[:, start : start + n])
+        start += n
+    blocks = [call.receive_block() for _ in range(len(sizes))]
+    call.close()
+
+    # Input seconds each block estimates; a frame (n_fft 64 at 16 kHz: 4 ms) and the resamplers' delays
+    # (well under 1 ms) blur the gap's edges: 8 ms of margin.
+    margin, (gap_start, gap_end) = 0.008, (GAP[0] / model_rate, GAP[1] / model_rate)
+    noisy_end = signal.shape[1] / model_rate
+    inside = voiced_noise = 0
+    for b in blocks:
+        first, end = (b.position - latency) / client_rate, (b.position + b.frames - latency) / client_rate
+        if first < margin or not b.HasField("lead_voicing"):
+            continue
+        if gap_start + margin <= first and end <= gap_end - margin:
+            assert b.lead_voicing < 0.5 and b.lead_f0_hz == 0.0, (first, end, b.lead_voicing)
+            inside += 1
+        elif end <= gap_start - margin or (gap_end + margin <= first and end <= noisy_end - margin):
+            assert b.lead_voicing > 0.5 and b.lead_f0_hz > 0.0, (first, end, b.lead_voicing)
+            voiced_noise += 1
+    assert inside >= 3 and voiced_noise >= 10, (inside, voiced_noise)
