@@ -491,17 +491,26 @@ class Demucs(Separator):
         """Same as :meth:`forward`; ``target`` is unused (all sources are returned)."""
         return self(x)
 
-    def separate_offline(self, mix: torch.Tensor, options: FileOptions | None = None) -> torch.Tensor:
+    def separate_offline(
+        self, mix: torch.Tensor, options: FileOptions | None = None, progress: FractionDone | None = None
+    ) -> torch.Tensor:
         """A whole file as the ``demucs`` package's ``apply_model`` separates it (see :func:`apply_segments`).
 
         ``(channels, samples) -> (sources, channels, samples)``; ``segment`` defaults to the model's.
+        ``progress(fraction)`` is called after each model pass.
         """
         if self.config.causal:
             raise ValueError("the causal Demucs streams; separate_offline is the non-causal file path")
         check_waveform(mix.unsqueeze(0), self.config.audio_channels)
         with torch.no_grad():
             return apply_segments(
-                self, mix, self.valid_length, self.config.samplerate, self.config.segment, options or FileOptions()
+                self,
+                mix,
+                self.valid_length,
+                self.config.samplerate,
+                self.config.segment,
+                options or FileOptions(),
+                progress=progress,
             )
 
     def level_delays(self) -> list[int]:
@@ -689,6 +698,16 @@ class SignalSpan:
         return F.pad(inside, (max(0, start) - start, end - min(total, end)))
 
 
+# A file job's progress: called with the fraction (0..1] of the job done.
+FractionDone = Callable[[float], None]
+
+# A file's segments may run at most this many model passes per second of audio (and 100 in any case):
+# the package's defaults run 0.17 (7.8 s segments, overlap 0.25); a tiny segment with a large
+# overlap would run for hours and is refused up front instead.
+MAX_PASSES_PER_SECOND = 50.0
+MIN_PASS_LIMIT = 100
+
+
 def apply_segments(
     model: Callable[[torch.Tensor], torch.Tensor],
     mix: torch.Tensor,
@@ -697,6 +716,7 @@ def apply_segments(
     segment: float,
     options: FileOptions,
     rng: random.Random | None = None,
+    progress: FractionDone | None = None,
 ) -> torch.Tensor:
     """Separate a whole ``(channels, samples)`` signal in the package's ``apply_model`` way.
 
@@ -710,11 +730,25 @@ def apply_segments(
 
     The delays are drawn from ``rng`` (default ``random.Random(options.seed)``); a bag of
     models passes one generator to all its models, as the package's global one is.
+    ``progress(fraction)`` is called after each model pass (each shift pass an equal share).
+    A cut into more than ``MAX_PASSES_PER_SECOND`` passes per second of audio (and more than
+    ``MIN_PASS_LIMIT``) is a ValueError before any pass runs.
 
     Returns:
         ``(sources, channels, samples)``.
     """
     rng = rng if rng is not None else random.Random(options.seed)
+    seconds = options.segment if options.segment is not None else segment
+    size = int(samplerate * seconds)
+    stride = int((1 - options.overlap) * size)
+    if options.split and stride < 1:
+        raise ValueError(f"segment {seconds} s with overlap {options.overlap} leaves no hop")
+    check_pass_count(mix.shape[-1], samplerate, seconds, stride, options)
+    done = [0.0, 1.0]  # the job's fraction done before the current shift pass, and that pass's share
+
+    def report(fraction_of_pass: float) -> None:
+        if progress is not None:
+            progress(done[0] + done[1] * min(1.0, fraction_of_pass))
 
     def run(span: SignalSpan, shifts: int, split: bool) -> torch.Tensor:
         length = span.length
@@ -722,25 +756,23 @@ def apply_segments(
             max_shift = int(0.5 * samplerate)
             delayed = span.padded(length + 2 * max_shift)  # (C, length + 2 max_shift)
             total: torch.Tensor | None = None
-            for _ in range(shifts):
+            done[1] = 1.0 / shifts
+            for k in range(shifts):
                 offset = rng.randint(0, max_shift)
+                done[0] = k / shifts
                 out = run(SignalSpan(delayed, offset, length + max_shift - offset), 0, split)
                 out = out[..., max_shift - offset :]  # (S, C, length)
                 total = out if total is None else total + out
             assert total is not None
             return total / shifts
         if split:
-            seconds = options.segment if options.segment is not None else segment
-            size = int(samplerate * seconds)
-            stride = int((1 - options.overlap) * size)
-            if stride < 1:
-                raise ValueError(f"segment {seconds} s with overlap {options.overlap} leaves no hop")
             ramp = torch.cat([torch.arange(1, size // 2 + 1), torch.arange(size - size // 2, 0, -1)])
             weight = (ramp / ramp.max()) ** options.transition_power  # (size,)
             acc: torch.Tensor | None = None
             weights = torch.zeros(length)
             for offset in range(0, length, stride):
                 piece = run(SignalSpan(span, offset, size), 0, False)  # (S, C, n)
+                report((offset + stride) / length)
                 n = piece.shape[-1]
                 if acc is None:
                     acc = torch.zeros(*piece.shape[:-1], length, dtype=piece.dtype)
@@ -749,9 +781,30 @@ def apply_segments(
             assert acc is not None
             return acc / weights.to(acc.dtype)
         padded = span.padded(valid_length(length))  # (C, valid)
-        return center_crop(model(padded.unsqueeze(0))[0], length)  # (S, C, length)
+        out = center_crop(model(padded.unsqueeze(0))[0], length)  # (S, C, length)
+        if not options.split:
+            report(1.0)
+        return out
 
     return run(SignalSpan(mix), options.shifts, options.split)
+
+
+def check_pass_count(samples: int, samplerate: int, seconds: float, stride: int, options: FileOptions) -> None:
+    """ValueError when cutting ``samples`` by ``options`` (segments of ``seconds`` every ``stride``
+    samples) would run more than ``MAX_PASSES_PER_SECOND`` model passes per second of audio and
+    more than ``MIN_PASS_LIMIT``: such a cut would run for hours, so it is refused before it starts."""
+    passes = max(1, options.shifts)
+    if options.split:
+        delayed = samples + (int(0.5 * samplerate) if options.shifts else 0)  # a shift pass's longest span
+        passes *= -(-delayed // stride)
+    limit = max(MIN_PASS_LIMIT, math.ceil(MAX_PASSES_PER_SECOND * samples / samplerate))
+    if passes > limit:
+        cut = f"segment {seconds:g} s, overlap {options.overlap:g}, " if options.split else ""
+        raise ValueError(
+            f"{cut}shifts {options.shifts}: about {passes} model passes on {samples / samplerate:.1f} s of audio, "
+            f"more than {limit} ({MAX_PASSES_PER_SECOND:g} per second of audio); "
+            "use a longer segment, less overlap or fewer shifts"
+        )
 
 
 def causal_reach(config: DemucsConfig) -> tuple[int | None, int]:

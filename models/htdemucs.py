@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from stemserve.models.base import Separator, check_waveform, config_from_dict, config_to_dict
 from stemserve.models.checkpoint import CheckpointError
-from stemserve.models.demucs import FileOptions, PickledGlobal, apply_segments, restricted_torch_load
+from stemserve.models.demucs import FileOptions, FractionDone, PickledGlobal, apply_segments, restricted_torch_load
 from stemserve.models.description import ModelDescription
 from stemserve.models.registry import register
 from torch import nn
@@ -775,7 +775,11 @@ class HTDemucs(Separator):
         return c.training_length
 
     def separate_offline(
-        self, mix: torch.Tensor, options: FileOptions | None = None, rng: random.Random | None = None
+        self,
+        mix: torch.Tensor,
+        options: FileOptions | None = None,
+        rng: random.Random | None = None,
+        progress: FractionDone | None = None,
     ) -> torch.Tensor:
         """A whole file as the ``demucs`` package's ``apply_model`` separates it with an HTDemucs.
 
@@ -783,6 +787,7 @@ class HTDemucs(Separator):
         seconds, at most the chunk) every ``1 - overlap`` of a segment, triangular
         cross-fades, ``shifts`` random delays (drawn from ``rng``, else
         ``random.Random(options.seed)``); see :func:`models.demucs.apply_segments`.
+        ``progress(fraction)`` is called after each model pass.
         """
         options = options or FileOptions()
         check_waveform(mix.unsqueeze(0), self.config.audio_channels)
@@ -806,6 +811,7 @@ class HTDemucs(Separator):
                 self.config.segment,
                 options,
                 rng=draws,
+                progress=progress,
             )
 
     def describe(self) -> ModelDescription:
@@ -922,13 +928,21 @@ class HTDemucsBag(Separator):
     def separate(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         return self(x)
 
-    def separate_offline(self, mix: torch.Tensor, options: FileOptions | None = None) -> torch.Tensor:
+    def separate_offline(
+        self, mix: torch.Tensor, options: FileOptions | None = None, progress: FractionDone | None = None
+    ) -> torch.Tensor:
         """Each model separates the file as :meth:`HTDemucs.separate_offline` (one shared
         ``random.Random(options.seed)``, drawn model after model as the package's global generator
-        is), then the weighted per-source average. ``(C, T) -> (S, C, T)``."""
+        is), then the weighted per-source average. ``(C, T) -> (S, C, T)``; ``progress(fraction)``
+        after each model pass, each member an equal share."""
         options = options or FileOptions()
         rng = random.Random(options.seed)
-        return self._average([m.separate_offline(mix, options, rng=rng) for m in self._members()])
+        members = self._members()
+        outputs = []
+        for k, member in enumerate(members):
+            share = None if progress is None else (lambda f, k=k: progress(k / len(members) + f / len(members)))
+            outputs.append(member.separate_offline(mix, options, rng=rng, progress=share))
+        return self._average(outputs)
 
     def describe(self) -> ModelDescription:
         shortest = min(self._members(), key=lambda m: m.config.training_length)

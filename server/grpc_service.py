@@ -390,9 +390,13 @@ class SeparationServicer(pb_grpc.SeparationServicer):
         total = audio.shape[1]
         done = 0
         try:
-            async for position, stems in file_chunks(
+            async for item in file_chunks(
                 self.engine, start.model, audio, start.sample_rate, list(start.stems) or None, options
             ):
+                if isinstance(item, int):  # a whole-signal job's progress before its first chunk
+                    yield pb.SeparateResponse(progress=pb.Progress(frames_done=item, total_frames=start.total_frames))
+                    continue
+                position, stems = item
                 for message in chunk_messages(position, stems, names, max_frames):
                     yield message
                 done = position + stems.shape[-1]
@@ -421,8 +425,11 @@ async def file_chunks(
     sample_rate: int,
     stems: list[str] | None,
     options: dict[str, Any] | None = None,
-) -> AsyncIterator[tuple[int, np.ndarray]]:
-    """:meth:`Engine.separate_file`'s ``(start, (S, C, n))`` chunks, each computed off the event loop.
+) -> AsyncIterator[tuple[int, np.ndarray] | int]:
+    """:meth:`Engine.separate_file`'s ``(start, (S, C, n))`` chunks, each computed off the event loop,
+    and between them, while a chunk is computed, the samples done so far (an ``int``) whenever the
+    job reports progress: a whole-signal job (Demucs, HTDemucs) computes the whole file before its
+    first chunk, and reports each model pass.
 
     If the caller stops early (the client cancelled), the file job is closed as soon as the
     chunk being computed is done (a generator cannot be closed while it runs).
@@ -430,21 +437,38 @@ async def file_chunks(
     if audio.shape[1] == 0:
         engine.file_stems(model, stems or [], sample_rate, audio.shape[0], options)  # a non-empty file's errors
         return
+    loop = asyncio.get_running_loop()
+    reports: asyncio.Queue[int] = asyncio.Queue()
+
+    def on_progress(done: int, total: int) -> None:  # the executor's thread
+        loop.call_soon_threadsafe(reports.put_nowait, done)
+
     # a generator (it closes its session when closed)
     jobs = cast(
         Generator[tuple[int, np.ndarray], None, None],
-        engine.separate_file(model, audio, sample_rate, stems, options=options),
+        engine.separate_file(model, audio, sample_rate, stems, progress_cb=on_progress, options=options),
     )
-    loop = asyncio.get_running_loop()
     running: asyncio.Future[tuple[int, np.ndarray] | None] | None = None
+    reported = 0
     try:
         while True:
             running = loop.run_in_executor(None, next, jobs, None)
-            item = await running
+            while not running.done():
+                report = asyncio.ensure_future(reports.get())
+                waiting: list[asyncio.Future[Any]] = [running, report]
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if not report.done():
+                    report.cancel()
+                    continue
+                if report.result() > reported:
+                    reported = report.result()
+                    yield reported
+            item = running.result()
             running = None
             if item is None:
                 return
             yield item
+            reported = max(reported, item[0] + item[1].shape[-1])
     finally:
         if running is not None and not running.done():
             running.add_done_callback(lambda _: jobs.close())

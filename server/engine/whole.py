@@ -29,6 +29,7 @@ dataclass's defaults, which are the package APIs' (``apply_model``, ``Separator`
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -143,7 +144,9 @@ def separate_whole(
         loaded: the model (its description gives rate and channels).
         audio: the client's samples at ``sample_rate``; NaN / Inf are zeroed first.
         stems: indices into :func:`file_sources`, in the order to return them.
-        progress_cb: ``progress_cb(0, total)`` before and ``(total, total)`` after.
+        progress_cb: ``progress_cb(0, total)`` before, ``(done, total)`` as the method's passes
+            finish (a method that takes ``progress``; ``done`` in client samples, the job's share
+            of ``total``), and ``(total, total)`` after.
         options: the model's ``FileOptions`` (:func:`file_options`); None: its defaults.
     Returns:
         ``(len(stems), channels, samples)`` float32 at ``sample_rate``, as long as ``audio``.
@@ -162,7 +165,10 @@ def separate_whole(
     with torch.inference_mode():
         mix = torch.from_numpy(np.ascontiguousarray(x)).to(device=loaded.device, dtype=loaded.dtype)
         try:
-            out = method(mix) if options is None else method(mix, options)  # (S [+ extra], C_model, T')
+            kwargs: dict[str, Any] = {}
+            if progress_cb is not None and "progress" in inspect.signature(method).parameters:
+                kwargs["progress"] = lambda fraction: progress_cb(min(total, int(fraction * total)), total)
+            out = method(mix, **kwargs) if options is None else method(mix, options, **kwargs)  # (S [+ extra], C, T')
         except ValueError as err:  # options that do not fit this model or file (e.g. niter with one source)
             if options is None:
                 raise

@@ -151,6 +151,31 @@ def test_niter_and_residual_from_the_command_line_equal_openunmix_separator(
     assert_same(got, expected[[2, 0]])
 
 
+def test_a_demucs_file_job_reports_progress_pass_by_pass_before_its_stems(
+    served: EmbeddedServer, official: Official
+) -> None:
+    """A whole-signal job computes the whole file before its first chunk: meanwhile the client gets
+    the samples done after each model pass (6 s in 1-s segments every 0.5 s, two shifts: 26 passes),
+    increasing, and the stems then equal the package's."""
+    mix = clip(2, 6.0, RATE, seed=15).numpy()
+    events: list[tuple[str, int]] = []
+    with StemClient(served.address) as client:
+        chunks = client.separate_chunks(
+            iter([mix]), 2, RATE, "demucs", (), mix.shape[1], lambda done, total: events.append(("progress", done)),
+            {"segment_seconds": 1.0, "overlap": 0.5, "shifts": 2},
+        )  # fmt: skip
+        parts = []
+        for _, chunk in chunks:
+            events.append(("chunk", len(parts)))
+            parts.append(chunk)
+    before = [done for kind, done in events[: events.index(("chunk", 0))] if kind == "progress"]
+    print(f"{len(before)} progress reports before the first chunk: {before}")
+    assert len(before) >= 10
+    assert before == sorted(set(before)) and before[0] > 0 and before[-1] == mix.shape[1]
+    expected = apply_model(official.demucs, mix, shifts=2, overlap=0.5, segment=1.0)
+    assert_same(np.concatenate(parts, axis=-1), expected)
+
+
 def test_a_25_s_demucs_file_through_the_embedded_command_equals_apply_model(official: Official, tmp_path: Path) -> None:
     mix = clip(2, 25.0, RATE, seed=14).numpy()  # 25 s: segments of 4 s every 2 s, two shifts
     song = tmp_path / "long.wav"
@@ -169,11 +194,24 @@ def test_a_25_s_demucs_file_through_the_embedded_command_equals_apply_model(offi
         ("demucs", {"niter": 1}, "demucs does not take niter (its file options: overlap, segment, shifts, split)"),
         ("demucs", {"overlap": 1.0}, "overlap must be in [0, 1), got 1.0"),
         ("demucs", {"segment_seconds": 0.0001, "overlap": 0.9}, "leaves no hop"),
+        (
+            "demucs",
+            {"segment_seconds": 0.002, "overlap": 0.5},
+            "segment 0.002 s, overlap 0.5, shifts 1: about 1003 model passes on 0.5 s of audio, more than 100",
+        ),
         ("umx", {"shifts": 2}, "model umx does not take shifts (its file options: niter, residual)"),
         ("umx1", {"niter": 1}, "model umx1: the Wiener post-filter (niter > 0) needs two sources: add residual=True"),
         ("multi", {"shifts": 2}, "model multi streams its files and takes no file options (got shifts)"),
     ],
-    ids=["niter-on-demucs", "overlap-1", "no-hop", "shifts-on-umx", "one-target-niter", "streaming-model"],
+    ids=[
+        "niter-on-demucs",
+        "overlap-1",
+        "no-hop",
+        "too-many-passes",
+        "shifts-on-umx",
+        "one-target-niter",
+        "streaming-model",
+    ],
 )
 def test_options_a_model_does_not_take_are_invalid_argument(
     served: EmbeddedServer, model: str, options: dict[str, Any], message: str
