@@ -27,6 +27,7 @@ DEFAULT_MODELS = ("conditioned_unet", "conv_tasnet_causal")
 
 def windows_per_second(name: str, options: Options, sizes: tuple[int, ...], min_seconds: float) -> list[dict[str, Any]]:
     import torch
+
     from stemserve.server.engine.batcher import WindowBatcher, WorkItem
     from stemserve.server.engine.engine import EngineConfig, default_plan, make_streamer
     from stemserve.server.engine.pool import LoadedModel, resolve_device

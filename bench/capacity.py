@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from stemserve.bench.report import Options, figure, on_worker_thread, save_figure, table
 from stemserve.bench.subjects import DEFAULT_MODELS, Subject, subject
 
@@ -66,6 +67,7 @@ class Trial:
 
 async def _session(stub: Any, model: str, frames: int, start: float, count: int, trial: Trial) -> None:
     import grpc
+
     from stemserve.protos import stemserve_pb2 as pb
 
     period = frames / RATE
@@ -109,6 +111,7 @@ async def _session(stub: Any, model: str, frames: int, start: float, count: int,
 
 async def _trial(address: str, model: str, sessions: int, frames: int, duration: float) -> Trial:
     import grpc
+
     from stemserve.protos import stemserve_pb2_grpc as pb_grpc
 
     trial = Trial(sessions)
@@ -192,6 +195,7 @@ def admission_limit(s: Subject, options: Options) -> int:
 
 def run(options: Options) -> dict[str, Any]:
     import torch
+
     from stemserve.bench.servers import ServerProcess
 
     torch.set_num_threads(options.threads)

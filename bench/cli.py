@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
 def run_item(item: str, options: object) -> int:
     """Run one item; write ``<out>/<item>.json`` (the PNG is written by the item). 0 on success."""
     import torch
+
     from stemserve.bench.report import Options, write_json
 
     assert isinstance(options, Options)

@@ -138,6 +138,7 @@ def write_demucs_file(model: Any, path: Path) -> Path:
 def demucs_rows(options: Options, seconds: float, repeats: int) -> list[dict[str, Any]]:
     import torch
     from demucs.apply import apply_model
+
     from stemserve.bench.peers import build_pair
     from stemserve.server.engine import Engine, EngineConfig
 
@@ -201,6 +202,7 @@ def umx_folder(umx: types.ModuleType, folder: Path, shape: dict[str, int]) -> di
 
 def open_unmix_rows(options: Options, seconds: float, repeats: int) -> list[dict[str, Any]]:
     import torch
+
     from stemserve.server.engine import Engine, EngineConfig
 
     shape = TINY_UMX if options.tiny else FULL_UMX

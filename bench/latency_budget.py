@@ -47,6 +47,7 @@ TRANSPORT_BLOCK = 512
 
 def model_budget(name: str, options: Options, repeats: int, causal_hop: int | None = None) -> dict[str, Any]:
     import torch
+
     from stemserve.server.engine.engine import Engine, EngineConfig, default_plan, make_streamer
     from stemserve.server.engine.pool import LoadedModel, resolve_device
 
@@ -107,6 +108,7 @@ def model_budget(name: str, options: Options, repeats: int, causal_hop: int | No
 
 def run(options: Options) -> dict[str, Any]:
     import torch
+
     from stemserve.bench.roundtrip import stream_round_trips
     from stemserve.bench.servers import ServerProcess
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from stemserve.models.base import Separator
 from stemserve.models.description import ModelDescription
 

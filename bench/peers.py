@@ -133,6 +133,7 @@ def build_pair(kind: str, tiny: bool, state_path: Path | None = None) -> tuple[A
 def make_input(kind: str, tiny: bool, seconds: float) -> Any:
     """The demo clip's first ``seconds``: ``(1, 2, T)`` waveform, or its ``(1, 2, F, K)`` magnitudes."""
     import torch
+
     from stemserve.bench.audio import demo
     from stemserve.models.stft import magnitude_phase, stft
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+
 from stemserve.bench.report import Options, figure, goal_text, save_figure, summary_ms, table
 
 ITEM = "roundtrip"
@@ -30,6 +31,7 @@ RATES = (44100, 48000)
 def stream_round_trips(address: str, model: str, rate: int, frames: int, count: int, warmup: int = 20) -> list[float]:
     """Seconds per block for ``count`` ping-pong blocks of ``frames`` stereo frames."""
     import grpc
+
     from stemserve.protos import stemserve_pb2 as pb
     from stemserve.protos import stemserve_pb2_grpc as pb_grpc
 

@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
 
     import torch
+
     from stemserve.bench.passthrough import Passthrough
     from stemserve.bench.subjects import parse_spec
     from stemserve.server.embedded import EmbeddedServer

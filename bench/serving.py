@@ -28,6 +28,7 @@ DEFAULT_MODELS = ("conditioned_unet", "conv_tasnet_causal")
 
 def run(options: Options) -> dict[str, Any]:
     import torch
+
     from stemserve.bench.servers import ServerProcess
     from stemserve.models.apply import file_plan, separate_signal
     from stemserve.plugin_bridge.client import CHUNK_FRAMES, StemClient, iter_chunks

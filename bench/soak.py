@@ -56,6 +56,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+
 from stemserve.bench.report import Options, figure, save_figure, table
 from stemserve.protos import stemserve_pb2 as pb
 from stemserve.protos import stemserve_pb2_grpc as pb_grpc
@@ -270,6 +271,7 @@ def serve(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     import torch
+
     from stemserve.bench.passthrough import Passthrough
     from stemserve.server.app import App, ServerConfig
     from stemserve.server.engine.engine import Engine, EngineConfig
@@ -767,6 +769,7 @@ def reconnected(tracks: list[Track], before: list[int]) -> bool:
 def offline_difference(checkpoint: Path, clip: np.ndarray, out: np.ndarray, latency: int) -> float:
     """Largest ``|out[n] - offline[n - latency]|``: the stream against the model's offline pass on ``clip``."""
     import torch
+
     from stemserve.models.apply import separate_signal
     from stemserve.models.checkpoint import load_model
 
@@ -778,6 +781,7 @@ def offline_difference(checkpoint: Path, clip: np.ndarray, out: np.ndarray, late
 
 def write_unet(folder: Path) -> Path:
     import torch
+
     from stemserve.models import registry
     from stemserve.models.checkpoint import save_checkpoint
 

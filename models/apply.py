@@ -45,6 +45,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
 from stemserve.models.base import Separator
 from stemserve.models.description import ModelDescription
 from stemserve.models.joint import JointStems, joint_stems

@@ -26,8 +26,9 @@ import typing
 from typing import Any, ClassVar, TypeVar
 
 import torch
-from stemserve.models.description import ModelDescription
 from torch import nn
+
+from stemserve.models.description import ModelDescription
 
 C = TypeVar("C")
 

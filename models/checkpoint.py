@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from stemserve.models.base import Separator, config_from_dict
 from stemserve.models.description import ModelDescription
 from stemserve.models.registry import architecture_class

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from stemserve.models.blstm import BLSTMTrunk
 from stemserve.models.deep_clustering import DeepClusteringConfig, EmbeddingHead
 from stemserve.models.mask_inference import MaskHead, RecurrentSpectrogramModel

@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
 from stemserve.models.blstm import BLSTMTrunk
 from stemserve.models.kmeans import kmeans
 from stemserve.models.mask_inference import RecurrentSpectrogramConfig, RecurrentSpectrogramModel
 from stemserve.models.registry import register
-from torch import nn
 
 
 @dataclass(frozen=True)

@@ -56,11 +56,12 @@ from typing import IO, Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from stemserve.models.base import Separator, check_waveform
 from stemserve.models.checkpoint import CheckpointError
 from stemserve.models.description import ModelDescription
 from stemserve.models.registry import register
-from torch import nn
 
 log = logging.getLogger(__name__)
 

@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import torch
+
 from stemserve.models.base import Separator
 from stemserve.models.data import labels, music, speech
 from stemserve.models.joint import joint_stems

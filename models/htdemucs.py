@@ -58,12 +58,13 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from stemserve.models.base import Separator, check_waveform, config_from_dict, config_to_dict
 from stemserve.models.checkpoint import CheckpointError
 from stemserve.models.demucs import FileOptions, FractionDone, PickledGlobal, apply_segments, restricted_torch_load
 from stemserve.models.description import ModelDescription
 from stemserve.models.registry import register
-from torch import nn
 
 log = logging.getLogger(__name__)
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
 from stemserve.models.description import ModelDescription
 from stemserve.models.wiener import SpatialWiener
 

@@ -11,6 +11,7 @@ import itertools
 from collections.abc import Callable
 
 import torch
+
 from stemserve.models.joint import normalise_stems
 
 EPS = 1e-8

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
 from stemserve.models.base import Separator
 from stemserve.models.blstm import BLSTMTrunk
 from stemserve.models.description import ModelDescription, window_span
 from stemserve.models.registry import register
-from torch import nn
 
 SPEAKERS = ("speaker1", "speaker2")
 

@@ -38,10 +38,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from stemserve.models.description import ModelDescription
 from stemserve.models.registry import register
 from stemserve.models.unet import MUSIC_SOURCES, MultiSourceUNet, UNetConfig
-from torch import nn
 
 
 @dataclass(frozen=True)

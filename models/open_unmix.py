@@ -39,12 +39,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from stemserve.models.base import Separator
 from stemserve.models.checkpoint import FORMAT as STEMSERVE_FORMAT
 from stemserve.models.checkpoint import CheckpointError
 from stemserve.models.description import ModelDescription, window_span
 from stemserve.models.registry import register
-from torch import nn
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
 from stemserve.models.base import Separator
 
 StreamState = dict[str, torch.Tensor]

@@ -22,10 +22,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from stemserve.models.base import Separator, check_waveform
 from stemserve.models.description import ModelDescription
 from stemserve.models.registry import register
-from torch import nn
 
 _EPS = 1e-8
 

@@ -54,6 +54,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
 from stemserve.models import losses, registry
 from stemserve.models.base import Separator
 from stemserve.models.checkpoint import load_checkpoint, same_weights, save_checkpoint
@@ -64,8 +67,6 @@ from stemserve.models.description import ModelDescription
 from stemserve.models.joint import joint_power
 from stemserve.models.multitask_unet import MultitaskUNet, multitask_loss
 from stemserve.models.stft import stft
-from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 log = logging.getLogger(__name__)
 

@@ -105,9 +105,10 @@ def launch(options: TrainOptions, nproc: int) -> TrainResult:
     """Run :func:`train` in ``nproc`` DDP processes (torchrun's standalone launcher); rank 0's result."""
     import uuid
 
-    from stemserve.models.train import TrainError
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from stemserve.models.train import TrainError
 
     config = LaunchConfig(
         min_nodes=1,

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
+from torch import nn
+
 from stemserve.models.base import Separator
 from stemserve.models.description import ModelDescription, window_span
 from stemserve.models.registry import register
-from torch import nn
 
 MUSIC_SOURCES = ("vocals", "drums", "bass", "other")
 

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+
 from stemserve.plugin_bridge.activity import ActivityBoard
 from stemserve.plugin_bridge.parameters import Parameters
 from stemserve.plugin_bridge.ring import InputRing, OutputRing

@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+
 from stemserve.protos import stemserve_pb2 as pb
 from stemserve.protos import stemserve_pb2_grpc as pb_grpc
 

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
 from stemserve.plugin_bridge.bridge import Bridge
 
 log = logging.getLogger(__name__)

@@ -59,6 +59,7 @@ from typing import Any, cast
 from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_server import AsyncIOOSCUDPServer
+
 from stemserve.plugin_bridge.activity import Activity
 from stemserve.plugin_bridge.parameters import Parameters
 

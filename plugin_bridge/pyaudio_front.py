@@ -22,6 +22,7 @@ import logging
 from typing import Any
 
 import numpy as np
+
 from stemserve.plugin_bridge.bridge import Bridge
 
 log = logging.getLogger(__name__)

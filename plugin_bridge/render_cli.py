@@ -58,6 +58,7 @@ def parse_block_sizes(spec: str, seed: int = 0) -> Iterator[int]:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import soundfile as sf
+
     from stemserve.plugin_bridge.bridge import Bridge
     from stemserve.plugin_bridge.cli import resolve_model, settings_from_args
 

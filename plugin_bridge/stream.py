@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
+
 from stemserve.plugin_bridge import client
 from stemserve.plugin_bridge.activity import ActivityBoard
 from stemserve.plugin_bridge.parameters import Parameters

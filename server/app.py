@@ -32,6 +32,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
+
 from stemserve.protos import stemserve_pb2, stemserve_pb2_grpc
 from stemserve.server.auth import BearerTokenInterceptor
 from stemserve.server.engine.engine import Engine

@@ -156,6 +156,7 @@ class FileSeparator:
     def separate(self, job: Job, stems: list[str]) -> Outcome:
         """Separate ``job.source`` into ``job.out_dir``; every failure comes back as an Outcome."""
         import soundfile as sf
+
         from stemserve.plugin_bridge.client import StemServeError
 
         try:
@@ -272,9 +273,10 @@ class Summary:
 
 
 def run_batch(args: argparse.Namespace) -> Summary:
+    from tqdm import tqdm
+
     from stemserve.server.engine.pool import bundled_models
     from stemserve.server.serve_cli import default_models, parse_models
-    from tqdm import tqdm
 
     started = time.monotonic()
     folder: Path = args.folder

@@ -34,6 +34,7 @@ from typing import Any, NoReturn, cast
 
 import grpc
 import numpy as np
+
 from stemserve.protos import stemserve_pb2 as pb
 from stemserve.protos import stemserve_pb2_grpc as pb_grpc
 from stemserve.server import pcm

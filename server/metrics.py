@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
+
 from stemserve.server.engine.engine import Engine
 
 ExtraStats = Callable[[], Mapping[str, Any]]

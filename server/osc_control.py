@@ -42,6 +42,7 @@ from typing import Any, cast
 
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket, ParseError
+
 from stemserve.server.engine import errors
 from stemserve.server.engine.engine import Engine
 

@@ -231,6 +231,7 @@ def write_stems(stems: dict[str, np.ndarray], paths: dict[str, Path], rate: int,
 
 def run(args: argparse.Namespace) -> int:
     import soundfile as sf
+
     from stemserve.plugin_bridge.client import StemClient, StemServeError
 
     paths: list[Path] = args.files or [demo_clip()]
@@ -306,8 +307,9 @@ def separate_one(
 ) -> dict[str, Path]:
     """Separate one file whole, then write its stems; return ``{stem: path}``."""
     import soundfile as sf
-    from stemserve.plugin_bridge.client import StemServeError, file_chunks
     from tqdm import tqdm
+
+    from stemserve.plugin_bridge.client import StemServeError, file_chunks
 
     info = sf.info(str(path))
     bar = tqdm(total=0, unit="frames", unit_scale=True, desc=f"{path.name} [{model}]")

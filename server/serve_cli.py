@@ -144,6 +144,7 @@ def build_engine(args: argparse.Namespace) -> Engine:
     """An engine with the CLI's settings; models are loaded by :meth:`App.warm_up`
     (so the server answers health NOT_SERVING while they load)."""
     import torch
+
     from stemserve.server.engine.engine import Engine, EngineConfig
 
     if args.threads is not None and args.threads < 1:

@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from torch.utils.data import Dataset
+
 from stemserve.models.data import labels, music, speech
 from stemserve.models.data.augment import (
     NO_AUGMENT,
@@ -42,7 +44,6 @@ from stemserve.models.data.augment import (
     render_events,
     sample_events,
 )
-from torch.utils.data import Dataset
 
 
 class DataError(ValueError):

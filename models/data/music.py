@@ -58,6 +58,7 @@ from typing import Any
 import mido
 import numpy as np
 import soundfile as sf
+
 from stemserve.models.data import variety
 from stemserve.models.data.wavfile import write_wav
 

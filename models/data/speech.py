@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
+
 from stemserve.models.data.wavfile import write_wav
 
 log = logging.getLogger(__name__)

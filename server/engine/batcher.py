@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
 from stemserve.server.engine.heads import run_with_heads
 from stemserve.server.engine.pool import LoadedModel
 from stemserve.server.engine.work import ItemSpec

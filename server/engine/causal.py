@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
 from stemserve.models.apply import CausalPlan
 from stemserve.models.description import ModelDescription
 from stemserve.server.engine.work import ItemSpec, SampleBuffer, StateSlot, Stream, Streamer, stem_slots, take_stems

@@ -16,6 +16,7 @@ Both directions are linear and exact, so a mono signal through a stereo model
 from __future__ import annotations
 
 import numpy as np
+
 from stemserve.server.engine.errors import InvalidAudioError
 
 MAX_CLIENT_CHANNELS = 2

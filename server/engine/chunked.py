@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+
 from stemserve.models.apply import OverlapAdd, PermutationTracker, WindowPlan, unordered_sources
 from stemserve.models.description import ModelDescription
 from stemserve.server.engine.work import ItemSpec, SampleBuffer, Stream, Streamer, stem_slots, take_stems

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from stemserve.models.apply import (
     DEFAULT_CACHED_STEP_CPU_S,
     DEFAULT_CACHED_STEP_S,

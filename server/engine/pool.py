@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from stemserve.models import registry
 from stemserve.models.base import Separator
 from stemserve.models.checkpoint import load_model

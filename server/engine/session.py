@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+
 from stemserve.server.engine import channels as channel_rules
 from stemserve.server.engine.errors import InvalidAudioError, InvalidParameterError, UnknownTargetError
 from stemserve.server.engine.heads import BlockHeads

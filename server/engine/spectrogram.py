@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+
 from stemserve.models.apply import OverlapAdd, PermutationTracker, WindowPlan, unordered_sources
 from stemserve.models.description import ModelDescription
 from stemserve.models.joint import JointStems, joint_stems

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import soxr
 import torch
+
 from stemserve.models.description import ModelDescription
 from stemserve.server.engine import channels as channel_rules
 from stemserve.server.engine.errors import InvalidParameterError

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+
 from stemserve.models.apply import CausalPlan, WindowPlan
 from stemserve.models.description import ModelDescription
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from stemserve.bench.cli import ITEMS
 from stemserve.server.cli import main
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from stemserve.bench.soak import GAIN, Ledger, code_signal, decode_wet
 from stemserve.server.cli import main
 

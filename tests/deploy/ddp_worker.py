@@ -16,9 +16,10 @@ import os
 import sys
 from pathlib import Path
 
+from torch import nn
+
 from stemserve.models import train_cli
 from stemserve.models.train import train
-from torch import nn
 
 
 def parameters_digest(model: nn.Module) -> str:

@@ -10,13 +10,13 @@ import logging
 from collections.abc import Mapping
 
 from stemserve.server.engine import Engine, EngineConfig
-
 from tests.plugin_bridge.servers import CHANNELS, RATE
 from tests.server.engine.tiny_models import TinyCausalConfig, TinyCausalNet
 
 
 def main() -> None:
     import torch
+
     from stemserve.server.app import App, ServerConfig
 
     parser = argparse.ArgumentParser()

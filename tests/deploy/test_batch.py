@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+
 from stemserve.models import registry
 from stemserve.models.checkpoint import save_checkpoint
 from stemserve.server import cli
-
 from tests.deploy.fleet import ROOT
 from tests.models.test_train import TINY_UNET
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from stemserve.models import registry
 from stemserve.models.train import parse_overrides, state_path
-
 from tests.models.data.tiny import render_music, render_speech
 from tests.models.test_train import TINY, TINY_UNET
 

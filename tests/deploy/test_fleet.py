@@ -26,10 +26,10 @@ import grpc
 import numpy as np
 import pytest
 import soundfile as sf
+
 from stemserve.plugin_bridge.bridge import Bridge, BridgeSettings
 from stemserve.protos import stemserve_pb2 as pb
 from stemserve.protos import stemserve_pb2_grpc as pb_grpc
-
 from tests.deploy.fleet import ROOT, Nginx, serving, start_server, start_watcher, stop_process, wait_for
 from tests.plugin_bridge.servers import CHANNELS, RATE, free_port
 

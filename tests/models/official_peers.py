@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from stemserve.bench.files import openunmix_package as openunmix_package  # re-exported for the tests
 from torch import nn
+
+from stemserve.bench.files import openunmix_package as openunmix_package  # re-exported for the tests
 
 
 def randomise(model: nn.Module, seed: int, scale: float = 0.3) -> nn.Module:

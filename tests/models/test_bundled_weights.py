@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+
 from stemserve.models.apply import separate_signal
 from stemserve.models.checkpoint import load_checkpoint
 from stemserve.models.evaluate import best_permutation, si_sdr

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from stemserve.models.checkpoint import CheckpointError, load_checkpoint, load_model, read_checkpoint, save_checkpoint
 from stemserve.models.registry import build
 

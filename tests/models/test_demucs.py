@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from stemserve.models import losses
 from stemserve.models.checkpoint import CheckpointError, load_model
 from stemserve.models.demucs import (
@@ -27,7 +28,6 @@ from stemserve.models.demucs import (
     translate_state_dict,
 )
 from stemserve.models.registry import build
-
 from tests.models.waveform_checks import (
     assert_causal,
     assert_checkpoint_round_trip,

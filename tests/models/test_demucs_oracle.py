@@ -20,6 +20,7 @@ import demucs.demucs as package_demucs  # test-only oracle, installed by scripts
 import demucs.states as package_states
 import pytest
 import torch
+
 from stemserve.models.checkpoint import load_model
 from stemserve.models.demucs import Demucs, DemucsConfig, load_official
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from stemserve.models import registry
 from stemserve.models.apply import causal_plan
 from stemserve.models.demucs import causal_reach

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from stemserve.models import registry
 from stemserve.models.checkpoint import save_checkpoint
 from stemserve.models.data import music

@@ -17,11 +17,11 @@ from pathlib import Path
 import demucs.apply  # test-only oracle
 import pytest
 import torch
+
 from stemserve.models.checkpoint import CheckpointError, load_model
 from stemserve.models.demucs import FileOptions
 from stemserve.models.htdemucs import HTDemucs, HTDemucsBag, HTDemucsConfig
 from stemserve.models.registry import build
-
 from tests.models.official_peers import (
     clip,
     package_bag,

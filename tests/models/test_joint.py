@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from stemserve.models import registry
 from stemserve.models.apply import separate_signal
 from stemserve.models.joint import joint_stems, normalise_stems
-
 from tests.server.engine.tiny_models import TINY_UNET_CONFIG
 
 TINY = TINY_UNET_CONFIG

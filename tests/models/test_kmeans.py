@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from stemserve.models.kmeans import kmeans
 
 

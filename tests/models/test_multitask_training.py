@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from stemserve.models import registry
 from stemserve.models.checkpoint import load_checkpoint
 from stemserve.models.data import labels, music
@@ -17,7 +18,6 @@ from stemserve.models.data.datasets import MusicStems
 from stemserve.models.evaluate import evaluate
 from stemserve.models.multitask_unet import MultitaskUNet
 from stemserve.models.train import TrainingObjective, TrainOptions, choose_task, train
-
 from tests.models.data.tiny import render_music
 
 N_FFT, HOP = 1024, 256

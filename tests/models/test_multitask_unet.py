@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+
 from stemserve.models import registry
 from stemserve.models.data import labels, music
 from stemserve.models.multitask_unet import HeadOutputs, MultitaskUNet, multitask_loss, multitask_metrics

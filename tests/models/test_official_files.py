@@ -13,11 +13,11 @@ from pathlib import Path
 import demucs.apply  # test-only oracle, installed by scripts/install-deps
 import pytest
 import torch
+
 from stemserve.models.checkpoint import CheckpointError, load_model
 from stemserve.models.demucs import Demucs, FileOptions, config_from_state_dict
 from stemserve.models.open_unmix import FileOptions as UmxOptions
 from stemserve.models.open_unmix import OpenUnmix, OpenUnmixConfig, OpenUnmixStems
-
 from tests.models.official_peers import (
     clip,
     openunmix_package,

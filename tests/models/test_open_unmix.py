@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 import pytest
 import torch
+from torch import nn
+
 from stemserve.models import registry
 from stemserve.models.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from stemserve.models.description import ModelDescription
@@ -26,7 +28,6 @@ from stemserve.models.open_unmix import (
     bandwidth_to_max_bin,
     load_official,
 )
-from torch import nn
 
 M = TypeVar("M", bound=nn.Module)
 

@@ -18,8 +18,9 @@ from typing import Any, TypeVar
 
 import pytest
 import torch
-from stemserve.models.open_unmix import OpenUnmix, OpenUnmixConfig, OpenUnmixStems, load_official
 from torch import nn
+
+from stemserve.models.open_unmix import OpenUnmix, OpenUnmixConfig, OpenUnmixStems, load_official
 
 # The oracle is part of the test environment (scripts/install-deps): a missing one is a failure.
 _SPEC = importlib.util.find_spec("openunmix")

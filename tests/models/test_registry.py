@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from stemserve.models.description import ModelDescription
 from stemserve.models.registry import UnknownModelError, build, describe_all
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from stemserve.models import losses
 from stemserve.models.registry import build
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from stemserve.models import registry
 from stemserve.models.streaming import split_state, stack_states, stream_signal
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from stemserve.models import losses
 from stemserve.models.registry import build
 from stemserve.models.tasnet import TasNet, TasNetConfig
-
 from tests.models.waveform_checks import (
     assert_causal,
     assert_checkpoint_round_trip,

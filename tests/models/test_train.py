@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from stemserve.models import registry
 from stemserve.models.checkpoint import load_checkpoint, read_checkpoint
 from stemserve.models.train import (
@@ -25,7 +26,6 @@ from stemserve.models.train import (
     state_path,
     train,
 )
-
 from tests.models.data.tiny import render_music, render_speech
 
 TINY_UNET = {

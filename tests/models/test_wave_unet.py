@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from stemserve.models import losses
 from stemserve.models.registry import build
 from stemserve.models.wave_unet import WaveUNet, WaveUNetConfig, dependency_reach, upsample_linear
-
 from tests.models.waveform_checks import assert_checkpoint_round_trip, check_impulses, run, train_steps
 
 SMALL = {"L": 3, "Fc": 4, "fd": 5, "fu": 3, "sources": ("drums", "bass", "rest")}

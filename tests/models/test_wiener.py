@@ -6,11 +6,11 @@ import itertools
 
 import pytest
 import torch
+
 from stemserve.models import registry
 from stemserve.models.joint import JointStems, normalise_stems
 from stemserve.models.stft import magnitude_phase
 from stemserve.models.wiener import SpatialWiener
-
 from tests.models.test_joint import TINY as JOINT_TINY
 
 BINS = 65

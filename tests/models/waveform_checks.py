@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
 from stemserve.models.base import Separator
 from stemserve.models.checkpoint import load_checkpoint, save_checkpoint
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from stemserve.server.embedded import EmbeddedServer
 
+from stemserve.server.embedded import EmbeddedServer
 from tests.plugin_bridge.servers import tiny_engine
 
 

@@ -14,6 +14,7 @@ from concurrent import futures
 
 import grpc
 import numpy as np
+
 from stemserve.plugin_bridge.client import decode, encode
 from stemserve.protos import stemserve_pb2 as pb
 from stemserve.protos import stemserve_pb2_grpc as pb_grpc

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 from stemserve.server.engine import Engine, EngineConfig
-
 from tests.server.engine.tiny_models import TinyCausalConfig, TinyCausalNet, TinySpecConfig, TinySpecNet
 
 RATE = 48000

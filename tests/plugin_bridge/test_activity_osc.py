@@ -14,12 +14,12 @@ import pytest
 import torch
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
+
 from stemserve.models import registry
 from stemserve.plugin_bridge.bridge import Bridge, BridgeSettings
 from stemserve.plugin_bridge.osc import OscListener
 from stemserve.server.embedded import EmbeddedServer
 from stemserve.server.engine import Engine, EngineConfig
-
 from tests.server.conftest import TINY_UNET
 
 RATE = 16000

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+
 from stemserve.plugin_bridge.bridge import Bridge, BridgeSettings
 from stemserve.server.embedded import EmbeddedServer
 from stemserve.server.engine import Engine, EngineConfig
-
 from tests.server.engine.tiny_models import Slow, TinyCausalConfig, TinyCausalNet, TinySpecConfig
 
 RATE, CHANNELS, BLOCK = 16000, 2, 256

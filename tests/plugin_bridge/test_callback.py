@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from stemserve.plugin_bridge.bridge import Bridge, BridgeSettings, UnderrunPolicy
 
+from stemserve.plugin_bridge.bridge import Bridge, BridgeSettings, UnderrunPolicy
 from tests.plugin_bridge.alloc import assert_no_steady_allocation, per_call_peaks
 from tests.plugin_bridge.fake_server import FakeSeparation, start_fake
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from stemserve.plugin_bridge.client import StemClient
 
+from stemserve.plugin_bridge.client import StemClient
 from tests.plugin_bridge import lv2_hosts
 from tests.plugin_bridge.servers import CHANNELS, RATE
 

@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 import pytest
-from stemserve.plugin_bridge.bridge import Bridge, BridgeSettings
 
+from stemserve.plugin_bridge.bridge import Bridge, BridgeSettings
 from tests.plugin_bridge.servers import CHANNELS, RATE
 
 BLOCK = 512
@@ -60,9 +60,9 @@ def test_model_requested_on_the_servers_osc_port_switches_the_bridge() -> None:
     """A controller talking to the *server* (OSC /model) reaches the track: the server relays it on the
     Stream and the bridge takes its usual path (latency check, new session, same latency)."""
     from pythonosc.udp_client import SimpleUDPClient
+
     from stemserve.server.app import ServerConfig
     from stemserve.server.embedded import EmbeddedServer
-
     from tests.plugin_bridge.servers import tiny_engine
 
     config = ServerConfig(host="127.0.0.1", port=0, osc_port=0)

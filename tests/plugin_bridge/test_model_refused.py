@@ -15,11 +15,11 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from pythonosc.udp_client import SimpleUDPClient
+
 from stemserve.plugin_bridge.bridge import Bridge, BridgeSettings
 from stemserve.plugin_bridge.osc import OscListener
 from stemserve.server.embedded import EmbeddedServer
 from stemserve.server.engine import Engine, EngineConfig
-
 from tests.plugin_bridge.servers import CHANNELS, RATE
 from tests.server.engine.tiny_models import TinyCausalConfig, TinyCausalNet
 

@@ -9,10 +9,10 @@ import time
 
 import numpy as np
 import pytest
+
 from stemserve.plugin_bridge.bridge import Bridge, BridgeSettings
 from stemserve.plugin_bridge.client import StemClient
 from stemserve.plugin_bridge.osc import OscListener
-
 from tests.plugin_bridge.servers import CHANNELS, RATE
 
 BLOCK = 512
@@ -99,6 +99,7 @@ def test_osc_latency_query_replies_to_the_sender() -> None:
     from pythonosc.dispatcher import Dispatcher
     from pythonosc.osc_server import ThreadingOSCUDPServer
     from pythonosc.udp_client import SimpleUDPClient
+
     from stemserve.plugin_bridge.parameters import Parameters
 
     listener = OscListener(Parameters("m"), latency=lambda: (1234, 48000))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+
 from stemserve.plugin_bridge.parameters import Parameters
 from stemserve.protos import stemserve_pb2 as pb
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import jack
 import pytest
+
 from stemserve.plugin_bridge.bridge import Bridge, BridgeSettings
 from stemserve.plugin_bridge.pyaudio_front import PyAudioFront, find_device
-
 from tests.plugin_bridge.impulses import ImpulseRig
 from tests.plugin_bridge.test_jack import jack_client, wait_for
 

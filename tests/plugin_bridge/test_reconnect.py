@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 import pytest
-from stemserve.plugin_bridge.bridge import Bridge, BridgeSettings
 
+from stemserve.plugin_bridge.bridge import Bridge, BridgeSettings
 from tests.plugin_bridge.servers import CHANNELS, RATE, free_port, start_process
 
 BLOCK = 512

@@ -18,12 +18,12 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import soundfile as sf
+
 from stemserve.plugin_bridge.bridge import Bridge, BridgeSettings
 from stemserve.plugin_bridge.client import StemClient
 from stemserve.plugin_bridge.osc import OscListener
 from stemserve.server.embedded import EmbeddedServer
 from stemserve.server.engine import Engine, EngineConfig
-
 from tests.plugin_bridge.servers import CHANNELS, RATE
 from tests.server.engine.tiny_models import TinyCausalConfig, TinyCausalNet
 
@@ -132,7 +132,6 @@ def test_bridge_render_without_model_uses_the_servers_first_model(server_address
 
 def test_bridge_render_without_model_and_no_server_says_why(tmp_path) -> None:
     from stemserve.server.cli import main
-
     from tests.plugin_bridge.servers import free_port
 
     src = tmp_path / "in.wav"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
+
 from stemserve.plugin_bridge.bridge import Bridge, BridgeSettings
 from stemserve.plugin_bridge.client import StemClient
-
 from tests.plugin_bridge.servers import CHANNELS, RATE
 
 TOLERANCE = 1e-4

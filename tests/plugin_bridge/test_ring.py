@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from stemserve.plugin_bridge.ring import InputRing, OutputRing
 
+from stemserve.plugin_bridge.ring import InputRing, OutputRing
 from tests.plugin_bridge.alloc import assert_no_steady_allocation, per_call_peaks
 
 

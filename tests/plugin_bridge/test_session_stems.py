@@ -15,13 +15,13 @@ import grpc
 import numpy as np
 import pytest
 import torch
+
 from stemserve.models import registry
 from stemserve.plugin_bridge.bridge import Bridge, BridgeSettings
 from stemserve.protos import stemserve_pb2 as pb
 from stemserve.protos import stemserve_pb2_grpc as pb_grpc
 from stemserve.server.embedded import EmbeddedServer
 from stemserve.server.engine import Engine, EngineConfig
-
 from tests.server.engine.tiny_models import TINY_UNET_CONFIG
 
 TINY = TINY_UNET_CONFIG

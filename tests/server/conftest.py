@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 import pytest
 import torch
+
 from stemserve.models import registry
 from stemserve.models.apply import file_plan, separate_signal
 from stemserve.models.checkpoint import load_model, save_checkpoint

@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 import pytest
 import torch
+
 from stemserve.models import registry
 from stemserve.models.apply import WindowPlan
 from stemserve.models.checkpoint import load_model, save_checkpoint
@@ -19,7 +20,6 @@ from stemserve.models.multitask_unet import MultitaskUNet
 from stemserve.models.stft import magnitude_phase, stft
 from stemserve.protos import stemserve_pb2 as pb
 from stemserve.protos import stemserve_pb2_grpc as pb_grpc
-
 from tests.server.conftest import TINY_UNET, StreamCall, block_sizes, noise, running_server
 
 HEADS_TOLERANCE = 1e-5

@@ -9,10 +9,10 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from stemserve.protos import stemserve_pb2 as pb
 from stemserve.protos import stemserve_pb2_grpc as pb_grpc
 from stemserve.server.app import ServerConfig, check_exposure
-
 from tests.server.conftest import RATE, TOLERANCE, StreamCall, noise, offline, pcm, running_server
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from stemserve.server.embedded import EmbeddedServer
 
+from stemserve.server.embedded import EmbeddedServer
 from tests.server.conftest import RATE, noise
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,8 +17,8 @@ import demucs.apply  # test-only oracle, installed by scripts/install-deps
 import numpy as np
 import pytest
 import torch
-from stemserve.server.engine import Engine, EngineConfig
 
+from stemserve.server.engine import Engine, EngineConfig
 from tests.models.official_peers import (
     clip,
     openunmix_package,

@@ -11,11 +11,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from stemserve.protos import stemserve_pb2 as pb
 from stemserve.protos import stemserve_pb2_grpc as pb_grpc
 from stemserve.server.app import SERVICE_NAME, App, ServerConfig
 from stemserve.server.embedded import EmbeddedServer
-
 from tests.server.conftest import RATE, TIMEOUT, make_engine, running_server
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
+
 from stemserve.protos import stemserve_pb2 as pb
 from stemserve.protos import stemserve_pb2_grpc as pb_grpc
 from stemserve.server.embedded import EmbeddedServer
 from stemserve.server.osc_control import OscRouter
-
 from tests.server.conftest import TIMEOUT, TOLERANCE, StreamCall, noise, running_server
 
 

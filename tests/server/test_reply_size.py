@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import grpc
 import numpy as np
+
 from stemserve.protos import stemserve_pb2 as pb
 from stemserve.protos import stemserve_pb2_grpc as pb_grpc
 from stemserve.server.embedded import EmbeddedServer
 from stemserve.server.grpc_service import REPLY_LIMIT_BYTES
-
 from tests.server.conftest import RATE, TIMEOUT, TOLERANCE, noise, offline, pcm, unpcm
 
 DEFAULT_CLIENT_LIMIT = 4 * 1024 * 1024  # gRPC's default max receive message length

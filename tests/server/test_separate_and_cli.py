@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+
 from stemserve.plugin_bridge.client import StemClient, StemServeError
 from stemserve.protos import stemserve_pb2 as pb
 from stemserve.protos import stemserve_pb2_grpc as pb_grpc
 from stemserve.server.embedded import EmbeddedServer
 from stemserve.server.engine.pool import bundled_models
-
 from tests.server.conftest import RATE, TOLERANCE, noise, offline
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 from grpc_reflection.v1alpha import reflection_pb2
+
 from stemserve.server.embedded import EmbeddedServer
 from stemserve.server.separate_cli import protect
-
 from tests.server.conftest import RATE, TOLERANCE, noise, offline
 
 ROOT = Path(__file__).resolve().parents[2]

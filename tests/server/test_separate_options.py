@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+
 from stemserve.plugin_bridge.client import StemClient, StemServeError
 from stemserve.server.cli import main
 from stemserve.server.embedded import EmbeddedServer
-
 from tests.models.official_peers import clip, openunmix_package, package_demucs, write_demucs_file, write_umx_folder
 from tests.server.conftest import running_server
 

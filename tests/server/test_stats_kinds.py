@@ -16,6 +16,7 @@ import urllib.request
 
 import grpc
 import numpy as np
+
 from stemserve.plugin_bridge.bridge import Bridge, BridgeSettings
 from stemserve.plugin_bridge.client import StemClient
 from stemserve.protos import stemserve_pb2 as pb
@@ -23,7 +24,6 @@ from stemserve.protos import stemserve_pb2_grpc as pb_grpc
 from stemserve.server.app import ServerConfig
 from stemserve.server.embedded import EmbeddedServer
 from stemserve.server.engine import Engine, EngineConfig
-
 from tests.server.engine.tiny_models import TinyCausalConfig, TinyCausalNet
 
 RATE, CHANNELS, MAX_BATCH = 48000, 2, 6

@@ -6,9 +6,9 @@ import time
 
 import grpc
 import numpy as np
+
 from stemserve.protos import stemserve_pb2 as pb
 from stemserve.protos import stemserve_pb2_grpc as pb_grpc
-
 from tests.server.conftest import TIMEOUT, TOLERANCE, StreamCall, block_sizes, noise, offline, unpcm
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from stemserve.models.data.augment import (
     NO_AUGMENT,
     AugmentConfig,

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from stemserve.models.data import music
 from stemserve.models.data.augment import AugmentConfig
 from stemserve.models.data.datasets import DataError, MusicStems, SpeechMixtures
-
 from tests.models.data.tiny import render_music, render_speech
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from stemserve.models.data import music
 
+from stemserve.models.data import music
 from tests.models.data.tiny import MUSIC_COUNTS, files_of, render_music
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from stemserve.models.data import speech
 
+from stemserve.models.data import speech
 from tests.models.data.tiny import SPEECH_COUNTS, files_of, render_speech
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+
 from stemserve.models.data import speech
 
 ONE_EACH = {"tt": 1}

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+
 from stemserve.models.data import labels, music, variety
 
 # The two quick-loading soundfonts (the sf3 ones decompress for a second or two per stem).

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 import torch
+
 from stemserve.server.engine import BlockResult, Engine, EngineConfig
 
 DEVICES = [

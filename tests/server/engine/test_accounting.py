@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from stemserve.models.base import Separator
 
+from stemserve.models.base import Separator
 from tests.server.engine.helpers import DEVICES, TIMEOUT, block_sizes, joined, make_engine, stream
 from tests.server.engine.tiny_models import (
     TinyCausalConfig,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from stemserve.server.engine import AdmissionError
 
+from stemserve.server.engine import AdmissionError
 from tests.server.engine.helpers import TIMEOUT, make_engine
 from tests.server.engine.tiny_models import TinySpecNet
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from stemserve.models import registry
 from stemserve.models.apply import (
     OverlapAdd,
@@ -15,7 +16,6 @@ from stemserve.models.apply import (
     unordered_sources,
     window_plan,
 )
-
 from tests.server.engine.tiny_models import (
     TinyCausalConfig,
     TinyCausalNet,

@@ -16,12 +16,12 @@ import time
 import numpy as np
 import pytest
 import torch
+
 from stemserve.models.apply import file_plan, separate_signal
 from stemserve.server.engine import AdmissionError
 from stemserve.server.engine.batcher import WindowBatcher, WorkItem
 from stemserve.server.engine.pool import LoadedModel
 from stemserve.server.engine.work import ItemSpec
-
 from tests.server.engine.helpers import TIMEOUT, make_engine
 from tests.server.engine.tiny_models import Slow, TinySpecNet
 

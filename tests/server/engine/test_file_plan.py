@@ -12,9 +12,9 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+
 from stemserve.models.apply import WindowPlan, file_plan, plan_for, separate_signal
 from stemserve.server.engine import EngineConfig
-
 from tests.server.engine.helpers import TIMEOUT, block_sizes, joined, make_engine, stream
 from tests.server.engine.tiny_models import TinySpecConfig, TinySpecNet
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from stemserve.models.apply import separate_signal
 from stemserve.server.engine import (
     AdmissionError,
@@ -18,7 +19,6 @@ from stemserve.server.engine import (
     UnknownTargetError,
 )
 from stemserve.server.engine.errors import status_name
-
 from tests.server.engine.helpers import TIMEOUT, block_sizes, joined, make_engine, stream
 from tests.server.engine.tiny_models import Fragile, TinySpecNet
 

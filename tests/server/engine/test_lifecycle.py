@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 import pytest
-from stemserve.server.engine import NotReadyError, UnknownSessionError
 
+from stemserve.server.engine import NotReadyError, UnknownSessionError
 from tests.server.engine.helpers import TIMEOUT, block_sizes, make_engine, stream
 from tests.server.engine.tiny_models import Recording, TinySpecNet
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from stemserve.server.engine import BlockResult, Engine, InvalidParameterError, UnknownTargetError
 
+from stemserve.server.engine import BlockResult, Engine, InvalidParameterError, UnknownTargetError
 from tests.server.engine.helpers import TIMEOUT, joined, make_engine, stream
 from tests.server.engine.tiny_models import TinySpecConfig, TinySpecNet
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from stemserve.server.engine import InvalidAudioError
 
+from stemserve.server.engine import InvalidAudioError
 from tests.server.engine.helpers import block_sizes, joined, make_engine, stream
 from tests.server.engine.tiny_models import TinyCausalConfig, TinyCausalNet, TinySpecConfig, TinySpecNet
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from stemserve.server.engine.resample import PolyphaseSinc, StreamResampler
 
 PAIRS = [(44100, 8000), (8000, 44100), (48000, 44100), (44100, 48000), (22050, 16000), (44100, 44101)]

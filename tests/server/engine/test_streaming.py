@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
 from stemserve.models import registry
 from stemserve.models.apply import separate_signal
 from stemserve.models.base import Separator
 from stemserve.models.joint import joint_stems
-
 from tests.server.engine.helpers import DEVICES, TIMEOUT, block_sizes, joined, make_engine, stream
 from tests.server.engine.tiny_models import (
     TinyCausalConfig,

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from stemserve.models.base import Separator
 from stemserve.models.description import ModelDescription, window_span
-from torch import nn
 
 # A U-Net preset's config shrunk to test size (16 kHz stereo, 8-frame windows), for registry.build.
 TINY_UNET_CONFIG = {
