@@ -64,7 +64,7 @@ from stemserve.models.base import Separator, check_waveform, config_from_dict, c
 from stemserve.models.checkpoint import CheckpointError
 from stemserve.models.demucs import FileOptions, FractionDone, PickledGlobal, apply_segments, restricted_torch_load
 from stemserve.models.description import ModelDescription
-from stemserve.models.registry import register
+from stemserve.models.registry import register, register_architecture
 
 log = logging.getLogger(__name__)
 
@@ -896,6 +896,7 @@ class HTDemucsBagConfig:
         )
 
 
+@register_architecture
 class HTDemucsBag(Separator):
     """A bag of HTDemucs models: per source, the weighted average of the models' estimates
     (``demucs.apply.BagOfModels`` as ``apply_model`` runs it). ``(B, C, T) -> (B, S, C, T)``."""

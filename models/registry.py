@@ -50,6 +50,9 @@ class Preset:
 
 
 _PRESETS: dict[str, Preset] = {}
+# Architectures a checkpoint may name that are no preset of their own (a bag of HTDemucs models
+# is made from files, not built from a name), by their ``architecture``.
+_ARCHITECTURES: dict[str, type[Separator]] = {}
 
 
 def register(name: str, summary: str = "", **overrides: Any) -> Callable[[S], S]:
@@ -66,6 +69,15 @@ def register(name: str, summary: str = "", **overrides: Any) -> Callable[[S], S]
         return cls
 
     return decorate
+
+
+def register_architecture(cls: S) -> S:
+    """Class decorator: ``cls`` loads from checkpoints (``architecture_class``) without being a preset."""
+    known = _ARCHITECTURES.get(cls.architecture)
+    if known is not None and known is not cls:
+        raise ValueError(f"architecture {cls.architecture!r} registered twice")
+    _ARCHITECTURES[cls.architecture] = cls
+    return cls
 
 
 def _load_all() -> None:
@@ -101,10 +113,13 @@ def build(name: str, config: Mapping[str, Any] | None = None) -> Separator:
 
 
 def architecture_class(architecture: str) -> type[Separator]:
-    """The class whose ``architecture`` attribute is ``architecture``."""
+    """The class whose ``architecture`` attribute is ``architecture`` (a preset's, or one registered
+    with :func:`register_architecture`)."""
     for p in presets().values():
         if p.cls.architecture == architecture:
             return p.cls
+    if architecture in _ARCHITECTURES:
+        return _ARCHITECTURES[architecture]
     raise UnknownModelError(f"unknown architecture {architecture!r}")
 
 

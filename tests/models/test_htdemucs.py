@@ -18,7 +18,7 @@ import demucs.apply  # test-only oracle
 import pytest
 import torch
 
-from stemserve.models.checkpoint import CheckpointError, load_model
+from stemserve.models.checkpoint import CheckpointError, load_model, save_checkpoint
 from stemserve.models.demucs import FileOptions
 from stemserve.models.htdemucs import HTDemucs, HTDemucsBag, HTDemucsConfig
 from stemserve.models.registry import build
@@ -129,6 +129,15 @@ def test_a_bag_yaml_with_weights_and_segment_separates_as_bag_of_models(tmp_path
     # the blend is not any one model's: source 3 mixes all three
     alone = bag._members()[0].separate_offline(mix, FileOptions(seed=0))
     assert float((alone[3] - got[3]).abs().max()) > 1e-3
+
+    # Saved as a stemserve checkpoint (safetensors: no pickle), it loads back as the same bag; a
+    # file job reports its progress pass by pass, each member a third of it.
+    saved = load_model(save_checkpoint(bag, tmp_path / "bag.safetensors"))
+    assert isinstance(saved, HTDemucsBag) and saved.describe() == bag.describe()
+    fractions: list[float] = []
+    assert torch.equal(saved.separate_offline(mix, FileOptions(seed=0), progress=fractions.append), got)
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert [f for f in fractions if f in (1 / 3, 2 / 3)] == [1 / 3, 2 / 3]  # each member's last pass
 
 
 def test_stemserve_separate_writes_the_packages_stems(tmp_path: Path) -> None:
