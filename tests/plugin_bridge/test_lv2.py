@@ -217,7 +217,8 @@ def test_jalv_impulse_at_reported_latency_target_change_and_server_restart(lv2_p
     """On a real-time host: every impulse comes out exactly at the reported latency; ``target`` set
     from the host switches the output at the block the host sets it in (the plugin mixes the stems
     itself), not a latency later; with the server killed, audio keeps flowing (dry, aligned); when
-    it returns the plugin reconnects and stems resume, aligned.
+    it returns the plugin reconnects and stems resume, aligned; bypass (``enabled`` 0) ramps to the
+    dry input the same way.
 
     The model is ``ident`` (every stem is the input), so the output tells what it is: target 1
     (one stem) gives an impulse of 1.0, target 0 (all stems: two) gives 2.0, dry gives 1.0. The
@@ -289,6 +290,9 @@ def test_jalv_impulse_at_reported_latency_target_change_and_server_restart(lv2_p
         mark("back")
         time.sleep(3.0)
         mark("end")
+        host.command("set enabled 0")  # bypass: the steady channel ramps back to the dry input
+        time.sleep(1.5)
+        mark("bypassed")
         player.deactivate()
         recorder.deactivate()
         lv2_hosts.stop(host.proc, signal.SIGTERM)
@@ -347,29 +351,29 @@ def test_jalv_impulse_at_reported_latency_target_change_and_server_restart(lv2_p
     assert int(counters["sessions_opened"]) >= 2
     assert int(counters["gap_frames"]) > 0  # the frames the dead server could not deliver, counted
 
-    # The switch, to the frame: the first frame of the right channel off STEADY after the command.
-    times, steady = rig.steady_output()
-    after = (times >= marks["all stems"]) & (times < marks["killed"])
-    t, v = times[after], steady[after]
-    off = np.flatnonzero(np.abs(v - STEADY) > 1e-4)
-    assert off.size, "target 0 never reached the right channel"
-    switch = int(t[off[0]])
+    # The switches, to the frame, on the right channel: target 0, then bypass.
     cycle_starts = {start for start, _ in rig.recorded}
-    print(
-        f"target 0 sent at JACK frame {marks['all stems']}..{marks['command sent']}, output switched at "
-        f"{switch} (+{switch - marks['all stems']} frames; latency {total})"
-    )
-    assert switch in cycle_starts  # at a block boundary: the block the host set the control in
-    # Within the host's own hand-over of the control (jalv's console thread, a cycle or a few), far
-    # before the latency a change mixed by the server would take.
-    assert 0 <= switch - marks["all stems"] < total // 2
-    # The ramp fills the switch's cycle (RAMP_FRAMES = JACK_PERIOD): exact. After it, both stems; an
-    # xrun can leave a cycle of the recording stale, so with xruns nearly every frame is asked.
-    k = off[0]
-    ramp = STEADY * (1.0 + np.arange(1, RAMP_FRAMES + 1) / RAMP_FRAMES)
-    np.testing.assert_allclose(v[k : k + RAMP_FRAMES], ramp, atol=1e-5)
-    both = np.abs(v[k + RAMP_FRAMES :] - 2.0 * STEADY) < 1e-5
-    assert both.mean() >= (1.0 if xruns == 0 else 0.95), (both.mean(), xruns)
+    times, steady = rig.steady_output()
+    for name, lo, hi, before, after in (
+        ("target 0", "all stems", "killed", STEADY, 2.0 * STEADY),
+        ("bypass", "end", "bypassed", 2.0 * STEADY, STEADY),
+    ):
+        inside = (times >= marks[lo]) & (times < marks[hi])
+        t, v = times[inside], steady[inside]
+        off = np.flatnonzero(np.abs(v - before) > 1e-4)
+        assert off.size, f"{name} never reached the right channel"
+        k, switch = off[0], int(t[off[0]])
+        print(f"{name} sent at JACK frame {marks[lo]}, output switched at {switch} (+{switch - marks[lo]} frames)")
+        assert switch in cycle_starts  # at a block boundary: the block the host set the control in
+        # Within the host's own hand-over of the control (jalv's console thread, a cycle or a few), far
+        # before the latency a change mixed by the server would take.
+        assert 0 <= switch - marks[lo] < total // 2
+        # The ramp fills the switch's cycle (RAMP_FRAMES = JACK_PERIOD): exact. After it, the new value;
+        # an xrun can leave a cycle of the recording stale, so with xruns nearly every frame is asked.
+        ramp = before + (after - before) * np.arange(1, RAMP_FRAMES + 1) / RAMP_FRAMES
+        np.testing.assert_allclose(v[k : k + RAMP_FRAMES], ramp, atol=1e-5)
+        settled = np.abs(v[k + RAMP_FRAMES :] - after) < 1e-5
+        assert settled.mean() >= (1.0 if xruns == 0 else 0.95), (name, settled.mean(), xruns)
 
 
 def reported_once(log: str, total: int) -> bool:

@@ -40,7 +40,7 @@ float unit(float v) { return std::isfinite(v) ? std::min(1.0f, std::max(0.0f, v)
 int supported_channels(int channels) { return std::min(kMaxChannels, std::max(1, channels)); }
 
 bool same_parameters(const Controls& a, const Controls& b) {
-  if (a.target != b.target || a.mix != b.mix) return false;
+  if (a.target != b.target || a.mix != b.mix || a.enabled != b.enabled) return false;
   for (int i = 0; i < kMaxGains; ++i)
     if (a.gains[i] != b.gains[i]) return false;
   return true;
@@ -66,9 +66,10 @@ void add_token(grpc::ClientContext& context, const std::string& token) {
 // The server's own rule (server/engine/session.py, SessionParameters.coefficients): the target's
 // stem alone, or every stem by its gain (sources past the gain controls keep 1), times the mix;
 // the rest of the mix is the dry input. A target past the session's sources selects a silent stem.
+// Bypass is the dry input alone (so that switching it ramps too, without a click).
 Mix Mix::of(const Controls& controls) {
   Mix m{};
-  const float mix = unit(controls.mix);
+  const float mix = controls.enabled ? unit(controls.mix) : 0.0f;
   for (int k = 0; k < kMaxStems; ++k) {
     const float weight = controls.target == 0 ? (k < kMaxGains ? unit(controls.gains[k]) : 1.0f)
                                               : (controls.target == k + 1 ? 1.0f : 0.0f);
@@ -219,7 +220,7 @@ void Core::process_chunk(const float* const* in, float* const* out, uint32_t n, 
   uint64_t missing_live = 0, missing_gap = 0;
   for (uint32_t i = 0; i < n; ++i) {
     const uint64_t p = position_ + i;
-    ready_[i] = controls.enabled && total >= 0 && out_ring_.ready(p);
+    ready_[i] = total >= 0 && out_ring_.ready(p);
     if (!ready_[i] && controls.enabled) (p >= first ? missing_live : missing_gap) += 1;
   }
   for (int c = 0; c < channels; ++c) {
@@ -245,7 +246,8 @@ void Core::process_chunk(const float* const* in, float* const* out, uint32_t n, 
     const float* stems = out_ring_.frame(position_ + i);  // stem k, channel c at k * channels + c
     for (int c = 0; c < channels; ++c) {
       float y = m.dry * dry_[c][i];
-      for (int k = 0; k < kMaxStems; ++k) y += m.wet[k] * stems[k * channels + c];
+      for (int k = 0; k < kMaxStems; ++k)
+        if (m.wet[k] != 0.0f) y += m.wet[k] * stems[k * channels + c];  // a stem left out stays out
       out[c][i] = y;
     }
   }

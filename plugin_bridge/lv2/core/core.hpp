@@ -68,7 +68,7 @@ struct Controls {
   int target = 1;  // 0: all stems (mixed by the gains); n >= 1: the model's n-th source (none: silence)
   float mix = 1.0f;
   float gains[kMaxGains] = {1.0f, 1.0f, 1.0f, 1.0f};
-  bool enabled = true;           // false: bypass, the latency-aligned dry input
+  bool enabled = true;           // false: bypass, the latency-aligned dry input (ramped like the mix)
   bool silence_on_underrun = false;  // a missing stem frame is silence instead of dry
 };
 
