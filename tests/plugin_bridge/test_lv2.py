@@ -165,6 +165,40 @@ def test_lv2file_with_no_server_loads_and_passes_dry_audio_at_the_provisional_la
     np.testing.assert_array_equal(rendered[:, total:], audio[:, :-total])
 
 
+def test_the_provisional_latency_fits_every_bundled_model_so_a_server_started_later_is_played(
+    lv2_path: Path, tmp_path: Path
+) -> None:
+    """With no server at activation the plugin fixes a provisional latency; a server that starts
+    later is played only if its session latency fits in it. Every bundled model's does, at 44.1, 48
+    and 96 kHz (a session at the host's rate, resampled by the server)."""
+    import glob
+
+    from stemserve.server.engine import Engine, EngineConfig
+    from tests.plugin_bridge.servers import free_port
+
+    engine = Engine(EngineConfig(device="cpu", realtime_capacity=float("inf")))
+    weights = sorted(glob.glob(str(lv2_hosts.ROOT / "models" / "weights" / "*.safetensors")))
+    assert len(weights) >= 4
+    try:
+        for path in weights:
+            engine.load_model(Path(path).name.split(".")[0], path)
+        for rate in (44100, 48000, 96000):
+            audio = noise(0.3, seed=6)
+            _, log = lv2_hosts.run_lv2file(
+                lv2_path, f"127.0.0.1:{free_port()}", "", audio, rate, tmp_path, 512, {"freewheel": 1}
+            )
+            assert "provisional" in log
+            provisional = lv2_hosts.reported_latency(log)
+            for name in [m.name for m in engine.models()]:
+                info = engine.open_session(name, rate, CHANNELS)
+                engine.close(info.id)
+                print(f"{rate} Hz: {name} {info.latency.total} <= provisional {provisional}")
+                assert info.latency.total <= provisional, (rate, name)
+            assert provisional <= 0.3 * rate + 512 + 0.02 * rate  # 250 ms + the margin, not more
+    finally:
+        engine.shutdown()
+
+
 # -- real time: jalv on jackd -d dummy ------------------------------------------------------------
 
 JACK_PERIOD = 256

@@ -101,7 +101,9 @@ Core::Core(const Settings& settings, const Connection& connection)
       out_ring_(supported_channels(settings.channels) * kMaxStems,
                 pow2_at_least(uint64_t{settings.max_latency} + 2 * kChunk)) {
   settings_.channels = supported_channels(settings.channels);
-  provisional_ = settings.provisional_latency ? settings.provisional_latency : static_cast<uint32_t>(8192 + margin_);
+  provisional_ = settings.provisional_latency
+                     ? settings.provisional_latency
+                     : static_cast<uint32_t>(std::lround(settings.provisional_s * settings.sample_rate) + margin_);
 }
 
 Core::~Core() {

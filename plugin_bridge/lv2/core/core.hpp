@@ -56,7 +56,10 @@ struct Settings {
   uint32_t host_block = 1024;      // the host's largest block: one must be in flight
   double margin_ms = 20.0;         // network slack on top of the server's latency
   uint32_t max_latency = 1u << 17; // the largest total the rings can delay by
-  uint32_t provisional_latency = 0;  // total when no server answers at activation (0: 8192 + margin)
+  uint32_t provisional_latency = 0;  // total when no server answers at activation (0: provisional_s + margin)
+  // The provisional server latency, in seconds: longer than every bundled model's session latency
+  // (the longest, chimera's, is 209 ms at any rate), so a server started after the DAW still fits.
+  double provisional_s = 0.25;
   double connect_wait_s = 2.0;     // how long activate() waits for the first session
   double offline_timeout_s = 30.0; // how long an offline block waits for its stems
   double stall_timeout_s = 5.0;    // no reply for this long with blocks outstanding: reconnect
