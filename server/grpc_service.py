@@ -442,7 +442,8 @@ async def file_chunks(
     reports: asyncio.Queue[int] = asyncio.Queue()
 
     def on_progress(done: int, total: int) -> None:  # the executor's thread
-        loop.call_soon_threadsafe(reports.put_nowait, done)
+        with contextlib.suppress(RuntimeError):  # the loop closed (server shut down): nobody to tell
+            loop.call_soon_threadsafe(reports.put_nowait, done)
 
     # a generator (it closes its session when closed)
     jobs = cast(
@@ -450,6 +451,7 @@ async def file_chunks(
         engine.separate_file(model, audio, sample_rate, stems, progress_cb=on_progress, options=options),
     )
     running: asyncio.Future[tuple[int, np.ndarray] | None] | None = None
+    report: asyncio.Future[int] | None = None
     reported = 0
     try:
         while True:
@@ -471,6 +473,8 @@ async def file_chunks(
             yield item
             reported = max(reported, item[0] + item[1].shape[-1])
     finally:
+        if report is not None and not report.done():
+            report.cancel()
         if running is not None and not running.done():
             running.add_done_callback(lambda _: jobs.close())
         else:
