@@ -47,7 +47,7 @@ def test_every_command_parses(script: str) -> None:
 def test_every_trained_model_builds_from_its_settings() -> None:
     trained = [argv for argv in stemserve_commands("train-bundled") if command_in(argv) == "train"]
     models = {argv[argv.index("--model") + 1] for argv in trained}
-    assert models == {"conditioned_unet", "chimera", "conv_tasnet_causal"}
+    assert models == {"conditioned_unet", "chimera", "conv_tasnet_causal", "demucs_causal_music"}
     for argv in trained:
         settings = [argv[i + 1] for i, a in enumerate(argv) if a == "--config"]
         registry.build(argv[argv.index("--model") + 1], parse_overrides(settings))
