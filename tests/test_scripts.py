@@ -12,6 +12,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+
 from stemserve.models import registry
 from stemserve.models.train import parse_overrides
 from stemserve.server.cli import build_parser, command_in
