@@ -28,9 +28,11 @@ class ImpulseRig:
         self.impulses: list[int] = []  # JACK frame time of each impulse played
         self.recorded: list[tuple[int, np.ndarray]] = []  # (frame time, samples) per recorder cycle
         self.recorded_steady: list[np.ndarray] = []  # per recorder cycle, with ``recorded``
+        self.xruns: list[int] = []  # estimated JACK frame time at each xrun JACK notified to the recorder
         self._first: int | None = None
         player.set_process_callback(self._play)
         recorder.set_process_callback(self._record)
+        recorder.set_xrun_callback(lambda _delayed_usecs: self.xruns.append(self.recorder.frame_time))
 
     def _play(self, frames: int) -> None:
         t0 = self.player.last_frame_time
