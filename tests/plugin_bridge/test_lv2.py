@@ -348,6 +348,10 @@ def test_jalv_impulse_at_reported_latency_target_change_and_server_restart(lv2_p
     print(f"load {load:.2f} per core")
     assert reported_once(log, total)
     assert (total, total) in published.values(), published
+    # The output ring is sized for the fixed latency (1.2 MB here), not for the largest one the
+    # plugin accepts (2.7 s: 19 MB per instance): power of two >= latency + two 4096-frame chunks.
+    ring = int(log.split("output ring: ")[1].split()[0])
+    assert ring == 1 << (total + 2 * 4096 - 1).bit_length(), (ring, total)
 
     # The impulses whose output had time to be recorded: the player plays until it is deactivated,
     # so the last ones (played less than the latency before the recorder stopped) never came out.

@@ -97,9 +97,7 @@ Core::Core(const Settings& settings, const Connection& connection)
     : settings_(settings),
       margin_(settings.host_block + static_cast<uint64_t>(std::lround(settings.margin_ms * settings.sample_rate / 1000.0))),
       connection_(connection),
-      in_ring_(supported_channels(settings.channels), pow2_at_least(uint64_t{settings.max_latency} + 2 * kChunk)),
-      out_ring_(supported_channels(settings.channels) * kMaxStems,
-                pow2_at_least(uint64_t{settings.max_latency} + 2 * kChunk)) {
+      in_ring_(supported_channels(settings.channels), pow2_at_least(uint64_t{settings.max_latency} + 2 * kChunk)) {
   settings_.channels = supported_channels(settings.channels);
   provisional_ = settings.provisional_latency
                      ? settings.provisional_latency
@@ -163,8 +161,17 @@ uint32_t Core::activate() {
 
 bool Core::fix_latency(uint64_t total) {
   if (total > settings_.max_latency) return false;
-  int64_t unset = -1;
-  return total_.compare_exchange_strong(unset, static_cast<int64_t>(total));
+  std::lock_guard<std::mutex> lock(fix_mutex_);
+  if (total_.load() >= 0) return false;
+  // Stems for output frame p arrive once its input (p - total) was sent: at most total plus a
+  // chunk ahead of the frame being played, so this many slots are never overwritten unplayed.
+  const uint64_t slots = pow2_at_least(total + 2 * kChunk);
+  out_ring_ = std::make_unique<OutputRing>(settings_.channels * kMaxStems, slots);
+  total_.store(static_cast<int64_t>(total), std::memory_order_release);
+  log_line("output ring: %llu frames of %d stems x %d channels (%.1f MB)", static_cast<unsigned long long>(slots),
+           kMaxStems, settings_.channels,
+           static_cast<double>(slots) * (settings_.channels * kMaxStems * sizeof(float) + sizeof(uint64_t)) / 1e6);
+  return true;
 }
 
 void Core::cancel_live() {
@@ -217,12 +224,13 @@ void Core::process_chunk(const float* const* in, float* const* out, uint32_t n, 
     wait_for_stems(position_, n);
   }
   const int64_t total = total_.load(std::memory_order_acquire);
+  OutputRing* const ring = total >= 0 ? out_ring_.get() : nullptr;
   const uint64_t first = session_first_out_.load(std::memory_order_acquire);
   const int64_t pos = static_cast<int64_t>(position_);
   uint64_t missing_live = 0, missing_gap = 0;
   for (uint32_t i = 0; i < n; ++i) {
     const uint64_t p = position_ + i;
-    ready_[i] = total >= 0 && out_ring_.ready(p);
+    ready_[i] = ring != nullptr && ring->ready(p);
     if (!ready_[i] && controls.enabled) (p >= first ? missing_live : missing_gap) += 1;
   }
   for (int c = 0; c < channels; ++c) {
@@ -245,7 +253,7 @@ void Core::process_chunk(const float* const* in, float* const* out, uint32_t n, 
       for (int c = 0; c < channels; ++c) out[c][i] = silence ? 0.0f : dry_[c][i];
       continue;
     }
-    const float* stems = out_ring_.frame(position_ + i);  // stem k, channel c at k * channels + c
+    const float* stems = ring->frame(position_ + i);  // stem k, channel c at k * channels + c
     for (int c = 0; c < channels; ++c) {
       float y = m.dry * dry_[c][i];
       for (int k = 0; k < kMaxStems; ++k)
@@ -253,7 +261,7 @@ void Core::process_chunk(const float* const* in, float* const* out, uint32_t n, 
       out[c][i] = y;
     }
   }
-  out_ring_.set_read_pos(position_ + n);
+  if (ring != nullptr) ring->set_read_pos(position_ + n);
   position_ += n;
   counters_.frames.fetch_add(n, std::memory_order_relaxed);
   if (missing_live) {
@@ -276,7 +284,7 @@ void Core::wait_for_stems(uint64_t pos, uint32_t n) {
       continue;
     }
     const uint64_t begin = std::max(pos, first);
-    if (begin >= pos + n || out_ring_.count_ready(begin, pos + n - begin) == pos + n - begin) return;
+    if (begin >= pos + n || out_ring_->count_ready(begin, pos + n - begin) == pos + n - begin) return;
     if (Clock::now() >= deadline) return;
     arrived_.wait_for(lock, std::chrono::milliseconds(5));
   }
@@ -498,8 +506,8 @@ void Core::receive(Session& s) {
         std::memcpy(&frames_out[(i - head) * width + static_cast<size_t>(k) * channels],
                     pcm + i * channels * sizeof(float), channels * sizeof(float));
     }
-    const uint64_t late = out_ring_.write(s.origin + position + head + s.offset, static_cast<uint32_t>(frames - head),
-                                          frames_out.data());
+    const uint64_t late = out_ring_->write(s.origin + position + head + s.offset, static_cast<uint32_t>(frames - head),
+                                           frames_out.data());
     if (late) counters_.late_frames.fetch_add(late);
     arrived_.notify_all();
   }

@@ -147,7 +147,10 @@ class Core {
   std::atomic<uint64_t> connection_version_{0};
 
   InputRing in_ring_;
-  OutputRing out_ring_;
+  // Sized for the fixed latency and allocated when it is fixed (a non-real-time thread), before
+  // total_ publishes it: the audio thread touches it only once total_ >= 0, and it never changes after.
+  std::unique_ptr<OutputRing> out_ring_;
+  std::mutex fix_mutex_;  // fix_latency() callers: the sender and activate()
   Counters counters_;
 
   std::atomic<int64_t> total_{-1};
