@@ -86,7 +86,7 @@ class OutputRing {
         ++late;
         continue;
       }
-      if (p >= played + mask_ + 1) break;  // too far ahead to hold (cannot happen within max latency)
+      if (p >= played + mask_ + 1) break;  // too far ahead to hold (cannot happen: sized for the latency)
       const uint64_t slot = p & mask_;
       stamps_[slot].store(kEmpty, std::memory_order_relaxed);
       std::atomic_thread_fence(std::memory_order_release);
