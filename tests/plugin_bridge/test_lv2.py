@@ -400,18 +400,28 @@ def test_jalv_impulse_at_reported_latency_target_change_and_server_restart(lv2_p
     ):
         inside = (times >= marks[lo]) & (times < marks[hi])
         t, v = times[inside], steady[inside]
-        off = np.flatnonzero(np.abs(v - before) > 1e-4)
-        assert off.size, f"{name} never reached the right channel"
-        k, switch = off[0], int(t[off[0]])
+        off = np.abs(v - before) > 1e-4
+        assert off.any(), f"{name} never reached the right channel"
+        # The switch: the ramp (RAMP_FRAMES = JACK_PERIOD, so it fills the switch's cycle), exact, from
+        # the first frame of a JACK cycle: the block the host set the control in.
+        ramp = before + (after - before) * np.arange(1, RAMP_FRAMES + 1) / RAMP_FRAMES
+        starts = (
+            k
+            for k in np.flatnonzero(off)
+            if int(t[k]) in cycle_starts and np.allclose(v[k : k + RAMP_FRAMES], ramp, rtol=0, atol=1e-5)
+        )
+        k = next(starts, None)
+        assert k is not None, f"{name}: no cycle starts with the {RAMP_FRAMES}-frame ramp"
+        switch = int(t[k])
         print(f"{name} sent at JACK frame {marks[lo]}, output switched at {switch} (+{switch - marks[lo]} frames)")
-        assert switch in cycle_starts  # at a block boundary: the block the host set the control in
         # Within the host's own hand-over of the control (jalv's console thread, a cycle or a few), far
         # before the latency a change mixed by the server would take.
         assert 0 <= switch - marks[lo] < total // 2
-        # The ramp fills the switch's cycle (RAMP_FRAMES = JACK_PERIOD): exact. After it, the new value;
-        # an xrun can leave a cycle of the recording stale, so with xruns nearly every frame is asked.
-        ramp = before + (after - before) * np.arange(1, RAMP_FRAMES + 1) / RAMP_FRAMES
-        np.testing.assert_allclose(v[k : k + RAMP_FRAMES], ramp, atol=1e-5)
+        # Before the ramp the old value, after it the new one. An xrun can leave a cycle of the
+        # recording stale (the recorder ran before jalv wrote it): with xruns, nearly every frame after
+        # the ramp is asked, and the cycle or two before it (which the impulses cover) is not.
+        if xruns == 0:
+            assert not off[:k].any(), (name, np.flatnonzero(off[:k])[:5])
         settled = np.abs(v[k + RAMP_FRAMES :] - after) < 1e-5
         assert settled.mean() >= (1.0 if xruns == 0 else 0.95), (name, settled.mean(), xruns)
 
