@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.slow]
 
 TOLERANCE = 1e-4
 RAMP_FRAMES = 256  # core.hpp kRampFrames: a control change ramps linearly over this many output frames
+PLUGIN_CHUNK = 4096  # core.hpp kChunk: host blocks are processed in pieces of at most this
 
 
 @pytest.fixture(scope="module")
@@ -349,9 +350,9 @@ def test_jalv_impulse_at_reported_latency_target_change_and_server_restart(lv2_p
     assert reported_once(log, total)
     assert (total, total) in published.values(), published
     # The output ring is sized for the fixed latency (1.2 MB here), not for the largest one the
-    # plugin accepts (2.7 s: 19 MB per instance): power of two >= latency + two 4096-frame chunks.
+    # plugin accepts (2.7 s: 19 MB per instance): power of two >= latency + two chunks (core.hpp kChunk).
     ring = int(log.split("output ring: ")[1].split()[0])
-    assert ring == 1 << (total + 2 * 4096 - 1).bit_length(), (ring, total)
+    assert ring == 1 << (total + 2 * PLUGIN_CHUNK - 1).bit_length(), (ring, total)
 
     # The impulses whose output had time to be recorded: the player plays until it is deactivated,
     # so the last ones (played less than the latency before the recorder stopped) never came out.
@@ -392,7 +393,7 @@ def test_jalv_impulse_at_reported_latency_target_change_and_server_restart(lv2_p
     assert int(counters["gap_frames"]) > 0  # the frames the dead server could not deliver, counted
 
     # The switches, to the frame, on the right channel: target 0, then bypass.
-    cycle_starts = {start for start, _ in rig.recorded}
+    cycle_starts = np.array([start for start, _ in rig.recorded])
     times, steady = rig.steady_output()
     for name, lo, hi, before, after in (
         ("target 0", "all stems", "killed", STEADY, 2.0 * STEADY),
@@ -405,12 +406,8 @@ def test_jalv_impulse_at_reported_latency_target_change_and_server_restart(lv2_p
         # The switch: the ramp (RAMP_FRAMES = JACK_PERIOD, so it fills the switch's cycle), exact, from
         # the first frame of a JACK cycle: the block the host set the control in.
         ramp = before + (after - before) * np.arange(1, RAMP_FRAMES + 1) / RAMP_FRAMES
-        starts = (
-            k
-            for k in np.flatnonzero(off)
-            if int(t[k]) in cycle_starts and np.allclose(v[k : k + RAMP_FRAMES], ramp, rtol=0, atol=1e-5)
-        )
-        k = next(starts, None)
+        candidates = np.flatnonzero(off & np.isin(t, cycle_starts))  # cycles that start off the old value
+        k = next((k for k in candidates if np.allclose(v[k : k + RAMP_FRAMES], ramp, rtol=0, atol=1e-5)), None)
         assert k is not None, f"{name}: no cycle starts with the {RAMP_FRAMES}-frame ramp"
         switch = int(t[k])
         print(f"{name} sent at JACK frame {marks[lo]}, output switched at {switch} (+{switch - marks[lo]} frames)")
