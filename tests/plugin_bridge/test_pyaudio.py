@@ -92,7 +92,9 @@ def test_pyaudio_front_on_jack_delays_every_impulse_by_the_reported_latency(
         jackd.wait(20)
         log.close()
 
-    delays = [(delay, round(value, 5)) for delay, value in rig.peaks(RATE // 4)]
-    print(f"PyAudio front: reported latency {reported}, impulse delays {delays}, counters {counters}")
-    assert delays == [(reported + PERIOD, 1.0)] * IMPULSES
+    print(f"PyAudio front: reported latency {reported}, impulse delays {rig.peaks(RATE // 4)}, counters {counters}")
+    print(f"xruns notified to the recorder {rig.xruns}, recording gaps {rig.gaps()}")
+    # Exact at the reported latency plus PortAudio's buffer; an xrun may disturb the measurement of an
+    # impulse in flight (CI once lost one under 2 xruns), never the alignment (ImpulseRig.assert_delays).
+    rig.assert_delays(reported + PERIOD, PERIOD, RATE // 4, counters.xruns)
     assert counters.callback_errors == 0 and counters.callbacks > 0
