@@ -324,8 +324,8 @@ void Core::run_sender() {
   }
 }
 
-bool Core::resolve_model(const Connection& connection, std::string& model, std::vector<std::string>& sources) {
-  // The server's default model is the first it lists; the session's own sources come with it opening.
+bool Core::resolve_model(const Connection& connection, std::string& model) {
+  // The server's default model is the first it lists (the session's sources come with SessionOpened).
   auto stub = v1::Separation::NewStub(make_channel(connection.address));
   grpc::ClientContext context;
   add_token(context, connection.token);
@@ -337,7 +337,6 @@ bool Core::resolve_model(const Connection& connection, std::string& model, std::
     // An empty name is the server's default: the first model it lists.
     if (connection.model.empty() || info.name() == connection.model) {
       model = info.name();
-      sources.assign(info.sources().begin(), info.sources().end());
       return true;
     }
   }
@@ -350,8 +349,7 @@ bool Core::serve(Session& s) {
   const Connection connection = this->connection();
   const uint64_t version = connection_version_.load();
   std::string model;
-  std::vector<std::string> listed;
-  if (!resolve_model(connection, model, listed)) {
+  if (!resolve_model(connection, model)) {
     if (counters_.connect_failures.load() == 0)
       log_line("cannot reach a server at %s (or it lists no model); dry audio, retrying", connection.address.c_str());
     return false;

@@ -133,7 +133,7 @@ class Core {
   bool serve(Session& session);
   void receive(Session& session);
   bool fix_latency(uint64_t total);
-  bool resolve_model(const Connection& connection, std::string& model, std::vector<std::string>& sources);
+  bool resolve_model(const Connection& connection, std::string& model);
   void process_chunk(const float* const* in, float* const* out, uint32_t n, const Controls& controls, bool offline);
   void set_controls(const Controls& controls);
   void wait_for_stems(uint64_t pos, uint32_t n);
